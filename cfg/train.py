@@ -1,0 +1,212 @@
+"""Training (Algorithm 1) with EMA, data parallel over all devices, resumable from orbax checkpoints.
+
+`train_and_evaluate(config, workdir)` is the entry point; `launch.py` only parses flags and calls it.
+"""
+
+import functools
+import os
+import signal
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from cfg import build, data, generate, parallel
+from cfg.checkpoints import Checkpoints
+from cfg.losses import cfg_loss
+from cfg.metric_writer import MetricWriter, Progress, image_grid, save_png
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  ema_params: Any
+  opt_state: Any
+  rng: jax.Array
+  num_skipped: jax.Array  # updates dropped because the loss or gradient was not finite
+
+
+def ema_decay(step, rate):
+  """min(rate, (1 + n) / (10 + n)): a warm-up so a short run's EMA forgets its random init."""
+  return jnp.minimum(rate, (1.0 + step) / (10.0 + step))
+
+
+def init_state(config, model, optimizer):
+  """A fresh TrainState from `config.seed` (params and EMA start equal)."""
+  rng = jax.random.PRNGKey(config.seed)
+  params = model.init(jax.random.fold_in(rng, 0), jnp.zeros((1, *data.image_shape(config.data))),
+                      jnp.zeros((1,)), jnp.zeros((1,), jnp.int32))
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
+                    opt_state=optimizer.init(params), rng=jax.random.fold_in(rng, 1),
+                    num_skipped=jnp.zeros((), jnp.int32))
+
+
+def train_step(state, batch, *, model, optimizer, config):
+  """One update; a non-finite loss or gradient leaves params, EMA and optimizer state unchanged."""
+  key = jax.random.fold_in(state.rng, state.step)
+  loss_key, dropout_key = jax.random.split(key)
+  d = config.diffusion
+
+  def loss_fn(params):
+    def denoise(z, logsnr, labels):
+      return model.apply(params, z, logsnr, labels, train=True, rngs={'dropout': dropout_key})
+    return cfg_loss(denoise, key=loss_key, images=batch['images'], labels=batch['labels'],
+                    p_uncond=d.p_uncond, null_label=config.data.num_classes,
+                    logsnr_min=d.logsnr_min, logsnr_max=d.logsnr_max)
+
+  (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  grad_norm = optax.global_norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  decay = ema_decay(state.step, config.optim.ema_rate)
+  ema_params = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
+  keep_if_finite = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+  new_state = state.replace(
+      step=state.step + 1,
+      params=keep_if_finite(params, state.params),
+      ema_params=keep_if_finite(ema_params, state.ema_params),
+      opt_state=keep_if_finite(opt_state, state.opt_state),
+      num_skipped=state.num_skipped + (~finite).astype(jnp.int32))
+  metrics = dict(metrics, grad_norm=grad_norm, ema_decay=decay,
+                 learning_rate=build.learning_rate_schedule(config.optim)(state.step))
+  return new_state, metrics
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop checks, so the run saves and exits cleanly."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):  # pylint: disable=unused-argument
+    self.requested = True
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def abstract_state(state_fn, mesh):
+  """The TrainState's shapes with replicated shardings, without allocating it."""
+  shapes = jax.eval_shape(state_fn)
+  sharding = parallel.replicated(mesh)
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
+
+
+def restore_or_init(config, workdir, *, model, optimizer, mesh):
+  """(state, checkpoints): the latest checkpoint in `workdir`, or a new state when there is none."""
+  checkpoints = Checkpoints(os.path.join(workdir, 'checkpoints'),
+                            max_to_keep=config.train.keep_checkpoints)
+  state_fn = functools.partial(init_state, config, model, optimizer)
+  state, meta = checkpoints.restore_latest(abstract_state(state_fn, mesh))
+  if state is None:
+    state = jax.jit(state_fn, out_shardings=parallel.replicated(mesh))()
+  elif meta['data_position'] != int(state.step):
+    raise ValueError(f'checkpoint step {int(state.step)} and data position {meta["data_position"]} differ.')
+  return state, checkpoints
+
+
+def train_and_evaluate(config, workdir):
+  """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the final TrainState."""
+  mesh = parallel.data_mesh()
+  parallel.check_divisible(config.train.batch_size, mesh, 'config.train.batch_size')
+  model = build.model_from_config(config)
+  optimizer = build.optimizer_from_config(config.optim)
+  state, checkpoints = restore_or_init(config, workdir, model=model, optimizer=optimizer, mesh=mesh)
+  start_step = int(state.step)
+  is_writer = jax.process_index() == 0
+  writer = MetricWriter(os.path.join(workdir, 'tensorboard'), enabled=is_writer)
+  progress = Progress(total_steps=config.train.num_steps, start_step=start_step, enabled=is_writer)
+  if start_step and is_writer:
+    print(f'resuming from the checkpoint at step {start_step} in {workdir}', flush=True)
+
+  step_fn = jax.jit(
+      functools.partial(train_step, model=model, optimizer=optimizer, config=config),
+      in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
+      out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)), donate_argnums=0)
+  preview = _Previewer(config, model, mesh, workdir) if config.train.preview_every else None
+  batches = data.train_batches(
+      config.data, global_batch_size=config.train.batch_size, seed=config.seed, start_step=start_step,
+      process_index=jax.process_index(), process_count=jax.process_count())
+  preemption = _Preemption()
+  pending, skipped_seen, last_time = [], int(state.num_skipped), time.time()
+  try:
+    for step in range(start_step + 1, config.train.num_steps + 1):
+      state, metrics = step_fn(state, parallel.global_batch(next(batches), mesh))
+      pending.append(metrics)
+      last = step == config.train.num_steps
+      if step % config.train.log_every == 0 or last or preemption.requested:
+        scalars = _mean_metrics(pending)
+        now = time.time()
+        scalars['images_per_sec'] = len(pending) * config.train.batch_size / (now - last_time)
+        scalars['skipped_updates'] = int(state.num_skipped)
+        pending, last_time = [], now
+        writer.scalars(step, scalars)
+        progress.line(step, {k: scalars[k] for k in ('loss', 'grad_norm', 'images_per_sec')})
+        skipped_seen = _check_nonfinite(config, state, skipped_seen, step)
+      if preview and (step % config.train.preview_every == 0 or last):
+        preview(state.ema_params, step, writer)
+      if step % config.train.checkpoint_every == 0 or last or preemption.requested:
+        _check_nonfinite(config, state, skipped_seen, step)
+        checkpoints.save(state, config=config, data_position=step, force=preemption.requested)
+      if preemption.requested:
+        if is_writer:
+          print(f'SIGTERM: saved the checkpoint at step {step}; exiting.', flush=True)
+        break
+  finally:
+    preemption.restore()
+    checkpoints.close()
+    writer.close()
+  return state
+
+
+def _mean_metrics(pending):
+  stacked = jax.device_get(pending)
+  return {k: float(np.mean([m[k] for m in stacked])) for k in stacked[0]}
+
+
+def _check_nonfinite(config, state, skipped_seen, step):
+  """With on_nonfinite='stop', ends the run at the first skipped (non-finite) update."""
+  skipped = int(state.num_skipped)
+  if skipped > skipped_seen and config.train.on_nonfinite == 'stop':
+    raise FloatingPointError(
+        f'non-finite loss or gradient before step {step} ({skipped} update(s) skipped). The last '
+        'checkpoint is intact. Lower config.optim.learning_rate or set config.train.on_nonfinite=skip.')
+  return skipped
+
+
+class _Previewer:
+  """EMA samples for a few classes at every configured guidance weight → TensorBoard and PNG."""
+
+  def __init__(self, config, model, mesh, workdir):
+    self.config, self.mesh = config, mesh
+    self.weights = [float(w) for w in config.guidance.weights]
+    classes = min(config.data.num_classes, 10)
+    per_class = config.train.preview_per_class
+    self.labels = np.tile(np.arange(classes, dtype=np.int32), per_class)
+    self.ncols = classes
+    self.sample_fn = generate.make_sample_fn(model, config, mesh)
+    self.directory = os.path.join(workdir, 'previews')
+    self.is_writer = jax.process_index() == 0
+
+  def __call__(self, ema_params, step, writer):
+    count = len(self.labels)
+    size = -(-count // self.mesh.devices.size) * self.mesh.devices.size
+    config = self.config.copy_and_resolve_references()
+    config.sampling.batch_size = size
+    (_, _, images), = generate.sample_batches(
+        self.sample_fn, ema_params, mesh=self.mesh, config=config, weights=self.weights,
+        num_samples=count, labels=self.labels)
+    if not self.is_writer:
+      return
+    os.makedirs(self.directory, exist_ok=True)
+    for w, per_weight in zip(self.weights, images):
+      grid = image_grid(per_weight, ncols=self.ncols)
+      writer.image(step, f'samples/w={w:g}', grid)
+      save_png(os.path.join(self.directory, f'step{step:08d}_w{w:g}.png'), grid)

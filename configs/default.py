@@ -1,0 +1,80 @@
+"""Fields shared by every config. Dataset configs start from `get_config()` here and change what differs."""
+
+from ml_collections import config_dict
+
+
+def get_config():
+  config = config_dict.ConfigDict()
+  config.mode = 'train'  # train | sample | eval | sweep
+  config.seed = 0
+
+  config.data = config_dict.ConfigDict(dict(
+      name='fashion_mnist',  # fashion_mnist | cifar10 | imagenet64 | imagenet128
+      fashion_mnist_dir='/usr/share/datasets/fashion-mnist',
+      tfds_data_dir=config_dict.placeholder(str),
+      manual_dir=config_dict.placeholder(str),
+      image_size=28,
+      random_flip=False,
+      num_classes=10,
+  ))
+
+  # ADM U-Net (cfg/models/unet.py). attn_resolutions are feature-map sizes.
+  config.model = config_dict.ConfigDict(dict(
+      base_channels=64,
+      channel_mult=(1, 2, 2),
+      num_res_blocks=2,
+      attn_resolutions=(7,),
+      num_heads=-1,
+      head_channels=64,
+      dropout=0.0,
+      resblock_updown=True,
+      norm_groups=32,  # GroupNorm groups (ADM: 32); must divide every level's width
+      compute_dtype='float32',  # float32 | bfloat16 (params stay float32)
+  ))
+
+  # The log-SNR process and Algorithm 1.
+  config.diffusion = config_dict.ConfigDict(dict(
+      logsnr_min=-20.0,
+      logsnr_max=20.0,
+      p_uncond=0.1,
+  ))
+
+  config.optim = config_dict.ConfigDict(dict(
+      optimizer='adam',  # adam | adamw
+      learning_rate=3e-4,
+      warmup_steps=1000,
+      b1=0.9,
+      b2=0.999,
+      weight_decay=0.0,
+      grad_clip_norm=1.0,
+      ema_rate=0.9999,
+  ))
+
+  config.train = config_dict.ConfigDict(dict(
+      batch_size=128,  # global, over all devices and processes
+      num_steps=100_000,
+      log_every=100,
+      checkpoint_every=2_000,
+      keep_checkpoints=3,
+      preview_every=5_000,  # EMA sample grids to TensorBoard; 0 turns them off
+      preview_per_class=1,
+      on_nonfinite='skip',  # skip: drop the update and count it | stop: end the run with an error
+  ))
+
+  # Algorithm 2 (ancestral, v = variance_interp) or DDIM.
+  config.sampling = config_dict.ConfigDict(dict(
+      sampler='ancestral',  # ancestral | ddim
+      num_steps=256,
+      variance_interp=0.3,
+      clip_x=True,
+      num_samples=1_000,
+      batch_size=500,  # global, over all devices
+      seed=1,
+  ))
+
+  # Paper convention: ε̃ = (1 + w) ε_c − w ε_u; w = 0 is the conditional model (scale s = 1 + w).
+  config.guidance = config_dict.ConfigDict(dict(
+      weights=(0.0, 0.3, 1.0, 3.0),
+      w=config_dict.placeholder(float),  # set to sample at this one weight instead of `weights`
+  ))
+  return config

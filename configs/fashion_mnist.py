@@ -1,0 +1,24 @@
+"""The embedded default: Fashion-MNIST 28×28, a ~2M-parameter U-Net that trains on a laptop CPU.
+
+python launch.py --config=configs/fashion_mnist.py --workdir=runs/fm
+"""
+
+from configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.data.name = 'fashion_mnist'
+  config.data.image_size = 28
+  config.data.num_classes = 10
+
+  config.model.update(dict(
+      base_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(7,),
+      head_channels=32, dropout=0.1, norm_groups=8))
+  config.optim.update(dict(learning_rate=1e-3, warmup_steps=200, ema_rate=0.999))
+  config.train.update(dict(
+      batch_size=128, num_steps=3_000, log_every=50, checkpoint_every=500, preview_every=1_000))
+  config.sampling.update(dict(
+      sampler='ddim', num_steps=64, num_samples=1_000, batch_size=500))
+  config.guidance.weights = (0.0, 0.3, 1.0, 3.0)
+  return config

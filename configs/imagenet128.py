@@ -1,0 +1,23 @@
+"""Paper Table 2 setting: ImageNet 128×128, ADM 128×128 U-Net (paper.md §5), T ∈ {128, 256, 1024}.
+
+python launch.py --config=configs/imagenet128.py --workdir=runs/in128
+"""
+
+from configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.data.update(dict(name='imagenet128', image_size=128, num_classes=1000, random_flip=True))
+  config.model.update(dict(
+      base_channels=256, channel_mult=(1, 1, 2, 3, 4), num_res_blocks=2, attn_resolutions=(32, 16, 8),
+      num_heads=4, head_channels=-1, dropout=0.0, resblock_updown=True))
+  config.diffusion.update(dict(logsnr_min=-20.0, logsnr_max=20.0, p_uncond=0.1))
+  config.optim.update(dict(learning_rate=1e-4, warmup_steps=1000, ema_rate=0.9999, grad_clip_norm=1.0))
+  config.train.update(dict(
+      batch_size=256, num_steps=2_700_000, log_every=100, checkpoint_every=10_000, preview_every=50_000))
+  config.sampling.update(dict(
+      sampler='ancestral', num_steps=256, variance_interp=0.2, clip_x=True,
+      num_samples=50_000, batch_size=1024))
+  config.guidance.weights = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 2.0, 3.0, 4.0)
+  return config
