@@ -60,7 +60,7 @@ def train_step(state, batch, *, model, optimizer, config):
                     logsnr_min=d.logsnr_min, logsnr_max=d.logsnr_max)
 
   (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)

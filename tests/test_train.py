@@ -1,0 +1,103 @@
+"""Training: loss falls, resume is exact, 1 and 8 devices agree, one step on tfds mock data."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from cfg import build, train
+from configs import smoke
+from tests.tb_events import read_scalars
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(**train_overrides):
+  config = smoke.get_config()
+  config.train.update(dict(preview_every=0, log_every=1, **train_overrides))
+  return config
+
+
+def _synthetic_batches(num_classes, batch_size, size, seed=0):
+  """Two-valued class-coded images: class c is a fixed random ±0.8 pattern; labels cycle."""
+  rng = np.random.default_rng(seed)
+  patterns = np.where(rng.random((num_classes, size, size, 1)) < 0.5, -0.8, 0.8).astype(np.float32)
+  labels = np.arange(batch_size, dtype=np.int32) % num_classes
+  return {'images': jnp.asarray(patterns[labels]), 'labels': jnp.asarray(labels)}
+
+
+def test_tiny_model_loss_falls_on_synthetic_data():
+  config = _config()
+  config.optim.update(dict(learning_rate=3e-3, warmup_steps=10))
+  model = build.model_from_config(config)
+  optimizer = build.optimizer_from_config(config.optim)
+  state = train.init_state(config, model, optimizer)
+  step = jax.jit(lambda s, b: train.train_step(s, b, model=model, optimizer=optimizer, config=config))
+  batch = _synthetic_batches(config.data.num_classes, 16, config.data.image_size)
+  losses = []
+  for _ in range(300):
+    state, metrics = step(state, batch)
+    losses.append(float(metrics['loss']))
+  first, last = np.mean(losses[:30]), np.mean(losses[-30:])
+  assert last < 0.5 * first, (first, last)
+  assert int(state.step) == 300 and int(state.num_skipped) == 0
+
+
+def test_resume_continues_exactly(tmp_path):
+  straight, resumed = str(tmp_path / 'straight'), str(tmp_path / 'resumed')
+  full = train.train_and_evaluate(_config(num_steps=6), straight)
+  train.train_and_evaluate(_config(num_steps=3), resumed)
+  again = train.train_and_evaluate(_config(num_steps=6), resumed)
+  assert int(again.step) == 6
+  for a, b in zip(jax.tree.leaves((full.params, full.ema_params, full.opt_state)),
+                  jax.tree.leaves((again.params, again.ema_params, again.opt_state))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  losses_straight = dict(read_scalars(os.path.join(straight, 'tensorboard'))['loss'])
+  losses_resumed = dict(read_scalars(os.path.join(resumed, 'tensorboard'))['loss'])
+  assert sorted(losses_resumed) == [1, 2, 3, 4, 5, 6]
+  for step in range(1, 7):
+    assert losses_resumed[step] == losses_straight[step], step
+
+
+def test_one_step_on_tfds_mock_cifar10(tmp_path):
+  config = _config(num_steps=1, batch_size=4)
+  config.data.update(dict(name='cifar10', image_size=32, random_flip=True))
+  with tfds.testing.mock_data(num_examples=16):
+    state = train.train_and_evaluate(config, str(tmp_path))
+  assert int(state.step) == 1
+  assert np.isfinite(read_scalars(os.path.join(str(tmp_path), 'tensorboard'))['loss'][0][1])
+  assert os.path.isdir(os.path.join(str(tmp_path), 'checkpoints', '1'))
+
+
+def _train_losses_in_subprocess(workdir, num_devices):
+  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={num_devices}')
+  subprocess.run([sys.executable, 'launch.py', '--config=configs/smoke.py', f'--workdir={workdir}',
+                  '--config.train.preview_every=0', '--config.train.log_every=1'],
+                 cwd=ROOT, env=env, check=True, capture_output=True)
+  return [value for _, value in read_scalars(os.path.join(workdir, 'tensorboard'))['loss']]
+
+
+def test_one_and_eight_devices_give_the_same_losses(tmp_path):
+  one = _train_losses_in_subprocess(str(tmp_path / 'one'), 1)
+  eight = _train_losses_in_subprocess(str(tmp_path / 'eight'), 8)
+  assert len(one) == len(eight) == smoke.get_config().train.num_steps
+  np.testing.assert_allclose(eight, one, rtol=1e-4)
+
+
+def test_nonfinite_update_is_skipped():
+  config = _config()
+  model = build.model_from_config(config)
+  optimizer = build.optimizer_from_config(config.optim)
+  state = train.init_state(config, model, optimizer)
+  batch = _synthetic_batches(config.data.num_classes, 4, config.data.image_size)
+  batch['images'] = batch['images'].at[0, 0, 0, 0].set(jnp.nan)
+  new_state, metrics = train.train_step(state, batch, model=model, optimizer=optimizer, config=config)
+  assert not np.isfinite(float(metrics['loss']))
+  assert int(new_state.num_skipped) == 1 and int(new_state.step) == 1
+  for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(new_state.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
