@@ -5,7 +5,7 @@ Modes (--config.mode): train (default; resumes from the workdir's latest checkpo
 
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from cfg.config_checks import ConfigError, check_config
@@ -23,6 +23,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  logging.set_verbosity(logging.WARNING)
   config = _CONFIG.value
   try:
     check_config(config)

@@ -91,23 +91,28 @@ class Checkpoints:
           f'config describes:\n{_describe_mismatch(saved, wanted)}\n'
           'Use the config that trained them, or a new --workdir. Nothing was overwritten.')
 
-  def restore_latest(self, abstract_state):
-    """(state, meta) of the newest readable checkpoint, or (None, None) when there is none.
+  def restore_latest(self, abstract_state, *, step=None):
+    """(state, meta) of the newest readable checkpoint (or of `step`), or (None, None) when there is none.
 
     `abstract_state` holds jax.ShapeDtypeStruct leaves with the shardings wanted now, so a
     checkpoint written on 8 devices restores on 1 and the other way round.
     """
     steps = sorted(self.manager.all_steps(), reverse=True)
+    if step is not None:
+      if step not in steps:
+        raise FileNotFoundError(f'no checkpoint at step {step} in {self.manager.directory}; '
+                                f'the steps there are {sorted(steps)}.')
+      steps = [step]
     if steps:
       self.check_compatible(steps[0], abstract_state)
-    for step in steps:
+    for candidate in steps:
       try:
-        restored = self.manager.restore(step, args=ocp.args.Composite(
+        restored = self.manager.restore(candidate, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
       except Exception as error:  # pylint: disable=broad-except
         logging.warning('checkpoint at step %d cannot be read (%s: %s); falling back to the one before.',
-                        step, type(error).__name__, error)
-        print(f'warning: checkpoint at step {step} cannot be read ({type(error).__name__}); '
+                        candidate, type(error).__name__, error)
+        print(f'warning: checkpoint at step {candidate} cannot be read ({type(error).__name__}); '
               'falling back to the previous one.', flush=True)
         continue
       return restored['state'], restored['meta']

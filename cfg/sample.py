@@ -19,15 +19,16 @@ class NoCheckpointError(FileNotFoundError):
   """The workdir holds no checkpoint to sample from."""
 
 
-def load_ema_params(config, workdir, mesh):
-  """(EMA params, step) of the newest readable checkpoint in `workdir`."""
+def load_ema_params(config, workdir, mesh, *, step=None):
+  """(model, EMA params, step) of the newest readable checkpoint in `workdir`, or of `step`."""
   from cfg.train import restore_or_init  # the train module owns the state layout
   model = build.model_from_config(config)
   optimizer = build.optimizer_from_config(config.optim)
   if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
     raise NoCheckpointError(f'no checkpoints in {workdir}; train first: '
                             f'python launch.py --config=<config> --workdir={workdir}')
-  state, checkpoints = restore_or_init(config, workdir, model=model, optimizer=optimizer, mesh=mesh)
+  state, checkpoints = restore_or_init(config, workdir, model=model, optimizer=optimizer, mesh=mesh,
+                                      step=step)
   checkpoints.close()
   if int(state.step) == 0:
     raise NoCheckpointError(f'no checkpoints in {workdir}; train first.')
@@ -43,7 +44,7 @@ def output_dir(config, workdir, step):
 def run(config, workdir):
   """Samples `config.sampling.num_samples` images at each guidance weight; returns the output folder."""
   mesh = parallel.data_mesh()
-  model, params, step = load_ema_params(config, workdir, mesh)
+  model, params, step = load_ema_params(config, workdir, mesh, step=config.eval.checkpoint_step)
   weights = guidance_weights(config)
   directory = output_dir(config, workdir, step)
   todo = [w for w in weights if not os.path.exists(os.path.join(directory, f'w{w:g}.npz'))]

@@ -99,12 +99,12 @@ def abstract_state(state_fn, mesh):
   return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
 
 
-def restore_or_init(config, workdir, *, model, optimizer, mesh):
-  """(state, checkpoints): the latest checkpoint in `workdir`, or a new state when there is none."""
+def restore_or_init(config, workdir, *, model, optimizer, mesh, step=None):
+  """(state, checkpoints): the latest checkpoint in `workdir` (or the one at `step`), else a new state."""
   checkpoints = Checkpoints(os.path.join(workdir, 'checkpoints'),
                             max_to_keep=config.train.keep_checkpoints)
   state_fn = functools.partial(init_state, config, model, optimizer)
-  state, meta = checkpoints.restore_latest(abstract_state(state_fn, mesh))
+  state, meta = checkpoints.restore_latest(abstract_state(state_fn, mesh), step=step)
   if state is None:
     state = jax.jit(state_fn, out_shardings=parallel.replicated(mesh))()
   elif meta['data_position'] != int(state.step):

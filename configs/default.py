@@ -77,4 +77,13 @@ def get_config():
       weights=(0.0, 0.3, 1.0, 3.0),
       w=config_dict.placeholder(float),  # set to sample at this one weight instead of `weights`
   ))
+
+  # Evaluation (launch.py modes eval / sweep): sample quality at every weight of guidance.weights.
+  config.eval = config_dict.ConfigDict(dict(
+      checkpoint_step=config_dict.placeholder(int),  # None: the latest checkpoint
+      feature_net_dir='experiments/fashion_mnist/feature_net',  # Fashion-MNIST feature network
+      inception_weights=config_dict.placeholder(str),  # .npz from cfg.evaluation.convert_inception
+      reference_batch=config_dict.placeholder(str),  # ADM reference .npz (mu, sigma); None: eval split
+      save_samples=True,  # ADM-format .npz of the samples per w
+  ))
   return config

@@ -3,6 +3,7 @@
 python launch.py --config=configs/fashion_mnist.py --workdir=runs/fm
 """
 
+from cfg.sweep import Sweep
 from configs import default
 
 
@@ -22,3 +23,12 @@ def get_config():
       sampler='ddim', num_steps=64, num_samples=1_000, batch_size=500))
   config.guidance.weights = (0.0, 0.3, 1.0, 3.0)
   return config
+
+
+def sweeps():
+  """Table 1's columns (p_uncond, one training run each) and Table 2's (T, sampling one run)."""
+  return {
+      'p_uncond': Sweep('diffusion.p_uncond', (0.1, 0.2, 0.5)),
+      'num_steps': Sweep('sampling.num_steps', (8, 16, 32, 64), train=False,
+                         base_overrides=(('diffusion.p_uncond', 0.1),)),
+  }

@@ -3,6 +3,7 @@
 python launch.py --config=configs/imagenet64.py --workdir=runs/in64
 """
 
+from cfg.sweep import Sweep
 from configs import default
 
 
@@ -22,3 +23,12 @@ def get_config():
       num_samples=50_000, batch_size=2048))
   config.guidance.weights = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 2.0, 3.0, 4.0)
   return config
+
+
+def sweeps():
+  """The paper's grids: p_uncond ∈ {0.1, 0.2, 0.5} (Table 1), T ∈ {128, 256, 1024} (Table 2)."""
+  return {
+      'p_uncond': Sweep('diffusion.p_uncond', (0.1, 0.2, 0.5)),
+      'num_steps': Sweep('sampling.num_steps', (128, 256, 1024), train=False,
+                         base_overrides=(('diffusion.p_uncond', 0.1),)),
+  }

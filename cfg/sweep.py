@@ -1,0 +1,154 @@
+"""Training and sampling sweeps (paper Tables 1 and 2): jobs, their cost, and the combined tables.
+
+A config file may define `sweeps()` → {name: Sweep}. A sweep varies one config field over values:
+  train=True   each value is its own training run + evaluation (p_uncond, Table 1's columns);
+  train=False  the values are sampling settings evaluated on one trained run (T, Table 2's columns).
+Every job is a `launch.py` command with overrides and a workdir named by them, so locally they run
+one after another (`sweep.py`), and on a cluster each command is its own job. Reruns continue:
+training resumes from checkpoints, evaluations from their finished rounds.
+"""
+
+import dataclasses
+import glob
+import json
+import os
+import shlex
+from typing import Any, Sequence
+
+from cfg.evaluation import tables
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+  field: str  # a dotted config field, e.g. 'diffusion.p_uncond'
+  values: Sequence[Any]
+  train: bool = True  # False: evaluate one trained run at each value
+  base_overrides: tuple = ()  # (field, value) pairs every job of the sweep uses
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+  name: str
+  workdir: str
+  overrides: tuple  # (field, value) pairs
+  train: bool
+
+  def command(self, config_path, mode, python='python'):
+    flags = [f'--config={config_path}', f'--workdir={self.workdir}', f'--config.mode={mode}']
+    flags += [f'--config.{field}={value}' for field, value in self.overrides]
+    return [python, 'launch.py', *flags]
+
+
+def _label(field, value):
+  return f'{field}={value}'
+
+
+def expand(sweep, root, extra_overrides=()):
+  """The jobs of a sweep; training jobs get a workdir each, sampling jobs share their trained run's.
+
+  Workdirs are named by the sweep's own overrides; `extra_overrides` (e.g. from the command line)
+  go to every job without changing the names.
+  """
+  base = tuple(sweep.base_overrides)
+  base_name = ','.join(_label(f, v) for f, v in base) or 'base'
+  jobs = []
+  for value in sweep.values:
+    overrides = tuple(extra_overrides) + base + ((sweep.field, value),)
+    if sweep.train:
+      name = ','.join(_label(f, v) for f, v in base + ((sweep.field, value),))
+      jobs.append(Job(name, os.path.join(root, name), overrides, train=True))
+    else:
+      jobs.append(Job(f'{base_name}/{_label(sweep.field, value)}', os.path.join(root, base_name),
+                      overrides, train=False))
+  return jobs
+
+
+def job_config(config, job):
+  """`config` with the job's overrides applied."""
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    for field, value in job.overrides:
+      node = config
+      *parents, leaf = field.split('.')
+      for parent in parents:
+        node = node[parent]
+      node[leaf] = type(node[leaf])(value) if node[leaf] is not None else value
+  return config
+
+
+def estimate_cost(config, job, *, trained_before):
+  """Training steps and images, and sampler network evaluations (a guided step = a batch of 2B)."""
+  from cfg.config_checks import guidance_weights
+  num_weights = len(guidance_weights(config))
+  train_steps = 0 if (not job.train or trained_before) else config.train.num_steps
+  return {
+      'train_steps': train_steps,
+      'train_images': train_steps * config.train.batch_size,
+      'samples': config.sampling.num_samples * num_weights,
+      'network_evals': 2 * config.sampling.num_samples * num_weights * config.sampling.num_steps,
+  }
+
+
+def plan(config, sweep, root, extra_overrides=()):
+  """[(job, config, cost)] in run order; the first sampling job also trains the shared run."""
+  planned, trained = [], set()
+  for job in expand(sweep, root, extra_overrides):
+    job_cfg = job_config(config, job)
+    cost = estimate_cost(job_cfg, dataclasses.replace(job, train=True) if job.workdir not in trained
+                         else job, trained_before=job.workdir in trained)
+    trained.add(job.workdir)
+    planned.append((job, job_cfg, cost))
+  return planned
+
+
+def find_results(workdir, *, num_steps=None):
+  """results.json rows of the newest evaluated checkpoint in `workdir` (optionally at T = num_steps)."""
+  found = []
+  for path in glob.glob(os.path.join(workdir, 'eval', '*', 'results.json')):
+    with open(path) as f:
+      result = json.load(f)
+    if num_steps is None or result['info']['num_steps'] == num_steps:
+      found.append(result)
+  if not found:
+    return None
+  return max(found, key=lambda r: r['info']['step'])
+
+
+def collect(config, sweep, root, out_dir, extra_overrides=()):
+  """Combined table (w × sweep values) and trade-off plot of the finished jobs; returns the rows."""
+  series, combined = {}, {}
+  for job, job_cfg, _ in plan(config, sweep, root, extra_overrides):
+    value = dict(job.overrides)[sweep.field]
+    result = find_results(job.workdir, num_steps=job_cfg.sampling.num_steps)
+    if result is None:
+      print(f'{job.name}: no results yet', flush=True)
+      continue
+    series[f'{sweep.field}={value}'] = result['rows']
+    for row in result['rows']:
+      combined.setdefault(row['w'], {'w': row['w']})
+      for metric in tables.metric_names([row]):
+        combined[row['w']][f'{metric} @ {value}'] = row[metric]
+  if not series:
+    raise FileNotFoundError(f'no finished evaluations under {root}; run the sweep first.')
+  rows = [combined[w] for w in sorted(combined)]
+  os.makedirs(out_dir, exist_ok=True)
+  columns = ['w'] + sorted({k for r in rows for k in r if k != 'w'},
+                           key=lambda k: (tables.METRIC_ORDER.index(k.split(' @ ')[0]), k))
+  text = tables.markdown_table(rows, columns=columns)
+  tables.write_text(os.path.join(out_dir, 'table.md'), text + '\n')
+  tables.write_csv(os.path.join(out_dir, 'table.csv'), rows, columns)
+  tables.write_text(os.path.join(out_dir, 'results.json'), json.dumps(
+      {'sweep': dataclasses.asdict(sweep), 'series': series}, indent=1, default=str))
+  tables.tradeoff_plot(os.path.join(out_dir, 'tradeoff.png'), series, title=f'sweep over {sweep.field}')
+  print(text, flush=True)
+  return rows
+
+
+def format_plan(planned, config_path):
+  lines = []
+  for job, _, cost in planned:
+    lines.append(f'# {job.name}  ({", ".join(f"{k}={v:,}" for k, v in cost.items())})')
+    if cost['train_steps']:
+      lines.append(shlex.join(job.command(config_path, 'train')))
+    lines.append(shlex.join(job.command(config_path, 'eval')))
+  return '\n'.join(lines)
