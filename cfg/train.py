@@ -17,7 +17,7 @@ import optax
 
 from cfg import build, data, generate, parallel
 from cfg.checkpoints import Checkpoints
-from cfg.losses import cfg_loss
+from cfg.losses import cfg_loss, metric_means
 from cfg.metric_writer import MetricWriter, Progress, image_grid, save_png
 
 
@@ -167,8 +167,11 @@ def train_and_evaluate(config, workdir):
 
 
 def _mean_metrics(pending):
+  """Means over the logging interval; per-λ-bucket losses from their summed numerators and counts."""
   stacked = jax.device_get(pending)
-  return {k: float(np.mean([m[k] for m in stacked])) for k in stacked[0]}
+  sums = {k: np.sum([m[k] for m in stacked]) for k in stacked[0] if k.startswith(('loss_sum/', 'count/'))}
+  means = {k: float(np.mean([m[k] for m in stacked])) for k in stacked[0] if k not in sums}
+  return dict(means, **{k: float(v) for k, v in metric_means(sums).items()})
 
 
 def _check_nonfinite(config, state, skipped_seen, step):

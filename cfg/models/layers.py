@@ -1,0 +1,147 @@
+"""Building blocks of the ADM U-Net (Dhariwal & Nichol 2021, openai/guided-diffusion), NHWC.
+
+Precision: convolutions, dense layers and attention matmuls run in the module's `dtype`
+(e.g. bfloat16); parameters are always float32; GroupNorm and the attention softmax run in
+float32, as ADM does under fp16.
+
+Initialisation follows PyTorch's defaults, which ADM uses: weights U(±1/sqrt(fan_in)) (variance
+1/(3 fan_in)), label embeddings N(0, 1); the last layer of every residual branch is zero.
+Biases start at zero (PyTorch draws them uniformly; nothing in ADM depends on that).
+"""
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+TORCH_DEFAULT_INIT = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
+TIMESTEP_SCALE = 1000.0
+
+
+def time_from_logsnr(logsnr):
+  """t = (2/π) arctan(e^{−λ/2}) ∈ (0, 1): u of the cosine schedule with λ_min, λ_max = ∓∞."""
+  return (2.0 / math.pi) * jnp.arctan(jnp.exp(-0.5 * logsnr))
+
+
+def timestep_embedding(timesteps, dim, *, max_period=10000.0):
+  """[cos(t f_k), sin(t f_k)], f_k = max_period^{−k/half}, k < half = dim // 2 (ADM's order)."""
+  half = dim // 2
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+  args = jnp.asarray(timesteps, jnp.float32)[:, None] * freqs[None]
+  embedding = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+  if dim % 2:
+    embedding = jnp.pad(embedding, ((0, 0), (0, 1)))
+  return embedding
+
+
+def upsample_nearest(x):
+  """2× nearest-neighbour upsampling of NHWC x."""
+  return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+
+
+def downsample_average(x):
+  """2×2 average pooling with stride 2 of NHWC x."""
+  return nn.avg_pool(x, (2, 2), strides=(2, 2))
+
+
+class GroupNorm32(nn.Module):
+  """GroupNorm(num_groups, ε = 1e−5) computed in float32, returned in float32."""
+  num_groups: int = 32
+
+  @nn.compact
+  def __call__(self, x):
+    channels = x.shape[-1]
+    if channels % self.num_groups:
+      raise ValueError(
+          f'GroupNorm with {self.num_groups} groups got {channels} channels, which it does not '
+          f'divide; choose base_channels and channel_mult so every width is a multiple of '
+          f'norm_groups, or lower norm_groups.')
+    return nn.GroupNorm(num_groups=self.num_groups, epsilon=1e-5, dtype=jnp.float32,
+                        param_dtype=jnp.float32)(x.astype(jnp.float32))
+
+
+def conv(features, kernel_size, *, dtype, zero_init=False, strides=1, name=None):
+  """A 'SAME'-padded 2-D convolution with PyTorch-default (or zero) weight init."""
+  return nn.Conv(features, (kernel_size, kernel_size), strides=(strides, strides), padding='SAME',
+                 dtype=dtype, param_dtype=jnp.float32,
+                 kernel_init=nn.initializers.zeros if zero_init else TORCH_DEFAULT_INIT,
+                 name=name)
+
+
+def dense(features, *, dtype, zero_init=False, name=None):
+  """A dense layer with PyTorch-default (or zero) weight init."""
+  return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32,
+                  kernel_init=nn.initializers.zeros if zero_init else TORCH_DEFAULT_INIT,
+                  name=name)
+
+
+class ResBlock(nn.Module):
+  """h = conv(drop(SiLU(GN(conv(SiLU(GN(x)))) (1 + scale) + shift))), out = skip(x) + h.
+
+  (scale, shift) = Dense(SiLU(emb)) is ADM's scale-shift norm (AdaGN). `resample` = 'up' or
+  'down' makes it BigGAN's resampling block: both paths are resampled after the first
+  norm/SiLU (nearest ×2 or 2×2 average). The last conv starts at zero, so the block starts
+  as its skip path; the skip is a 1×1 conv when the width changes.
+  """
+  out_channels: int
+  dropout: float = 0.0
+  resample: str | None = None
+  norm_groups: int = 32
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, emb, *, train):
+    resamplers = {None: lambda a: a, 'up': upsample_nearest, 'down': downsample_average}
+    resample = resamplers[self.resample]
+    h = nn.silu(GroupNorm32(self.norm_groups, name='norm_in')(x)).astype(self.dtype)
+    h, x = resample(h), resample(x)
+    h = conv(self.out_channels, 3, dtype=self.dtype, name='conv_in')(h)
+    emb_out = dense(2 * self.out_channels, dtype=self.dtype, name='emb')(nn.silu(emb))
+    scale, shift = jnp.split(emb_out[:, None, None, :].astype(jnp.float32), 2, axis=-1)
+    h = GroupNorm32(self.norm_groups, name='norm_out')(h) * (1.0 + scale) + shift
+    h = nn.Dropout(self.dropout, deterministic=not train)(nn.silu(h).astype(self.dtype))
+    h = conv(self.out_channels, 3, dtype=self.dtype, zero_init=True, name='conv_out')(h)
+    if x.shape[-1] != self.out_channels:
+      x = conv(self.out_channels, 1, dtype=self.dtype, name='skip')(x)
+    return x.astype(self.dtype) + h
+
+
+class AttentionBlock(nn.Module):
+  """x + W_o · MHA(GN(x)), MHA = softmax(q kᵀ / sqrt(d)) v per head over all H·W positions.
+
+  One 1×1 projection gives [q | k | v], each split into heads afterwards (ADM's
+  `use_new_attention_order` / `QKVAttention`). W_o starts at zero. Heads: C / head_channels when
+  head_channels > 0, otherwise num_heads.
+  """
+  num_heads: int = -1
+  head_channels: int = -1
+  norm_groups: int = 32
+  dtype: jnp.dtype = jnp.float32
+
+  def heads_for(self, channels):
+    """Number of heads for a feature map of `channels` channels."""
+    if self.head_channels > 0:
+      if channels % self.head_channels:
+        raise ValueError(f'attention over {channels} channels cannot use head_channels='
+                         f'{self.head_channels}: it must divide every attended width.')
+      return channels // self.head_channels
+    if self.num_heads <= 0:
+      raise ValueError('attention needs num_heads > 0 or head_channels > 0; got neither.')
+    if channels % self.num_heads:
+      raise ValueError(f'attention over {channels} channels cannot use num_heads={self.num_heads}: '
+                       f'it must divide every attended width.')
+    return self.num_heads
+
+  @nn.compact
+  def __call__(self, x):
+    batch, height, width, channels = x.shape
+    heads = self.heads_for(channels)
+    h = GroupNorm32(self.norm_groups, name='norm')(x).astype(self.dtype)
+    h = h.reshape(batch, height * width, channels)
+    qkv = dense(3 * channels, dtype=self.dtype, name='qkv')(h)
+    q, k, v = (a.reshape(batch, height * width, heads, channels // heads)
+               for a in jnp.split(qkv, 3, axis=-1))
+    attended = jax.nn.dot_product_attention(q, k, v).reshape(batch, height * width, channels)
+    out = dense(channels, dtype=self.dtype, zero_init=True, name='proj_out')(attended)
+    return x.astype(self.dtype) + out.reshape(batch, height, width, channels)

@@ -1,0 +1,278 @@
+"""Tests for cfg.models: the ADM U-Net and its blocks."""
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cfg.models import UNet, count_params
+from cfg.models.layers import AttentionBlock, ResBlock, time_from_logsnr, timestep_embedding
+
+NUM_CLASSES = 10
+
+
+def adm_param_count(*, in_channels, out_channels, model_channels, channel_mult, num_res_blocks,
+                    attention_resolutions, num_classes, image_size):
+  """Parameters of guided-diffusion's UNetModel (scale-shift norm, resblock_updown), counted by
+  walking its constructor with PyTorch's layer sizes (conv/linear with bias, GroupNorm affine)."""
+  conv = lambda cin, cout, k: cin * cout * k * k + cout
+  norm = lambda c: 2 * c
+  emb = 4 * model_channels
+
+  def res(ch, out):
+    count = norm(ch) + conv(ch, out, 3) + conv(emb, 2 * out, 1) + norm(out) + conv(out, out, 3)
+    return count + (conv(ch, out, 1) if out != ch else 0)
+
+  attn = lambda ch: norm(ch) + conv(ch, 3 * ch, 1) + conv(ch, ch, 1)
+  total = conv(model_channels, emb, 1) + conv(emb, emb, 1) + num_classes * emb
+  ch = input_ch = channel_mult[0] * model_channels
+  total += conv(in_channels, ch, 3)
+  chans, ds = [ch], 1
+  for level, mult in enumerate(channel_mult):
+    for _ in range(num_res_blocks):
+      total += res(ch, mult * model_channels)
+      ch = mult * model_channels
+      total += attn(ch) if image_size // ds in attention_resolutions else 0
+      chans.append(ch)
+    if level != len(channel_mult) - 1:
+      total += res(ch, ch)
+      chans.append(ch)
+      ds *= 2
+  total += 2 * res(ch, ch) + attn(ch)
+  for level, mult in list(enumerate(channel_mult))[::-1]:
+    for i in range(num_res_blocks + 1):
+      total += res(ch + chans.pop(), model_channels * mult)
+      ch = model_channels * mult
+      total += attn(ch) if image_size // ds in attention_resolutions else 0
+      if level and i == num_res_blocks:
+        total += res(ch, ch)
+        ds //= 2
+  return total + norm(ch) + conv(input_ch, out_channels, 3)
+
+
+# ADM Table 11 settings; published sizes include ADM's learned-variance output (6 channels) and
+# 1000 class rows. Ours predicts ε only (3 channels) and has a 1001st row for the null label:
+# 64×64: −3·(192·9 + 1) + 768 = −4,419 parameters; 128×128: −3·(256·9 + 1) + 1024 = −5,891.
+IMAGENET_SETTINGS = {
+    'imagenet64': dict(
+        unet=dict(base_channels=192, channel_mult=(1, 2, 3, 4), num_res_blocks=3,
+                  attn_resolutions=(32, 16, 8), head_channels=64, dropout=0.1),
+        image_size=64, published=296e6),
+    'imagenet128': dict(
+        unet=dict(base_channels=256, channel_mult=(1, 1, 2, 3, 4), num_res_blocks=2,
+                  attn_resolutions=(32, 16, 8), num_heads=4),
+        image_size=128, published=422e6),
+}
+
+
+@pytest.mark.parametrize('name', sorted(IMAGENET_SETTINGS))
+def test_imagenet_param_counts_match_adm(name):
+  setting = IMAGENET_SETTINGS[name]
+  unet, size = setting['unet'], setting['image_size']
+  ours = count_params(UNet(num_classes=1000, **unet), (size, size, 3))
+  adm_layout = functools.partial(
+      adm_param_count, in_channels=3, model_channels=unet['base_channels'],
+      channel_mult=unet['channel_mult'], num_res_blocks=unet['num_res_blocks'],
+      attention_resolutions=unet['attn_resolutions'], image_size=size)
+  adm_published_layout = adm_layout(out_channels=6, num_classes=1000)
+  assert abs(adm_published_layout / setting['published'] - 1) < 0.005
+  assert ours == adm_layout(out_channels=3, num_classes=1001)
+  assert abs(ours / setting['published'] - 1) < 0.05
+
+
+def test_time_from_logsnr_is_the_untruncated_cosine_coordinate():
+  logsnr = jnp.array([-40.0, -3.0, 0.0, 3.0, 40.0])
+  t = np.asarray(time_from_logsnr(logsnr), np.float64)
+  # λ = −2 log tan(π t / 2)  ⇔  t = (2/π) arctan(e^{−λ/2}).
+  np.testing.assert_allclose(-2 * np.log(np.tan(np.pi * t[1:4] / 2)), [-3.0, 0.0, 3.0], atol=1e-5)
+  np.testing.assert_allclose(t[[0, 2, 4]], [1.0, 0.5, 0.0], atol=1e-7)
+  np.testing.assert_allclose(t[1] + t[3], 1.0, atol=1e-6)
+
+
+def test_timestep_embedding_is_adm_sinusoid():
+  t = np.array([0.0, 3.5, 999.0])
+  dim = 6
+  freqs = 10000.0 ** (-np.arange(3) / 3)
+  expected = np.concatenate([np.cos(t[:, None] * freqs), np.sin(t[:, None] * freqs)], axis=1)
+  np.testing.assert_allclose(timestep_embedding(jnp.asarray(t), dim), expected, atol=1e-4)
+
+
+def init_key(seed=0):
+  # Counter-based RBG keys compile far faster on CPU than threefry for Flax's many param draws.
+  return jax.random.key(seed, impl='unsafe_rbg')
+
+
+def perturbed(params, seed, scale=0.05):
+  """params + N(0, scale²) on every leaf (host draws), so zero-initialised layers contribute."""
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda a: a + scale * rng.standard_normal(a.shape, np.float32), params)
+
+
+def numpy_group_norm(x, gamma, beta, groups, eps=1e-5):
+  b, h, w, c = x.shape
+  g = x.reshape(b, h * w, groups, c // groups)
+  mean = g.mean(axis=(1, 3), keepdims=True)
+  var = g.var(axis=(1, 3), keepdims=True)
+  return ((g - mean) / np.sqrt(var + eps)).reshape(x.shape) * gamma + beta
+
+
+def silu(x):
+  return x / (1 + np.exp(-x))
+
+
+def numpy_conv3x3(x, kernel, bias):
+  padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  h, w = x.shape[1:3]
+  out = sum(padded[:, i:i + h, j:j + w] @ kernel[i, j] for i in range(3) for j in range(3))
+  return out + bias
+
+
+def test_attention_block_matches_adm_qkv_attention():
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 4, 4, 16), np.float32))
+  block = AttentionBlock(head_channels=4, norm_groups=4)
+  params = perturbed(jax.jit(block.init)(init_key(), x), seed=2, scale=0.2)
+  out = np.asarray(jax.jit(block.apply)(params, x), np.float64)
+
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), params['params'])
+  xn = np.asarray(x, np.float64)
+  h = numpy_group_norm(xn, p['norm']['GroupNorm_0']['scale'], p['norm']['GroupNorm_0']['bias'], 4)
+  qkv = h.reshape(2, 16, 16) @ p['qkv']['kernel'] + p['qkv']['bias']       # [B, T, 3C]
+  q, k, v = np.split(qkv.transpose(0, 2, 1), 3, axis=1)                    # ADM's chunk(3, dim=1)
+  heads = lambda a: a.reshape(2 * 4, 4, 16)                                 # view(bs·H, ch, T)
+  scale = 1 / math.sqrt(math.sqrt(4))
+  weight = np.einsum('bct,bcs->bts', heads(q) * scale, heads(k) * scale)
+  weight = np.exp(weight - weight.max(-1, keepdims=True))
+  weight /= weight.sum(-1, keepdims=True)
+  attended = np.einsum('bts,bcs->bct', weight, heads(v)).reshape(2, 16, 16).transpose(0, 2, 1)
+  expected = xn + (attended @ p['proj_out']['kernel'] + p['proj_out']['bias']).reshape(xn.shape)
+  np.testing.assert_allclose(out, expected, atol=1e-4)
+
+
+@pytest.mark.parametrize('out_channels', [8, 12])
+def test_res_block_matches_scale_shift_reference(out_channels):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((2, 4, 4, 8), np.float32))
+  emb = jnp.asarray(rng.standard_normal((2, 5), np.float32))
+  block = ResBlock(out_channels, norm_groups=4)
+  params = jax.jit(functools.partial(block.init, train=False))(init_key(), x, emb)
+  params = perturbed(params, seed=3, scale=0.2)
+  out = np.asarray(jax.jit(functools.partial(block.apply, train=False))(params, x, emb), np.float64)
+
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), params['params'])
+  xn, en = np.asarray(x, np.float64), np.asarray(emb, np.float64)
+  norm = lambda a, name: numpy_group_norm(a, p[name]['GroupNorm_0']['scale'],
+                                          p[name]['GroupNorm_0']['bias'], 4)
+  h = numpy_conv3x3(silu(norm(xn, 'norm_in')), p['conv_in']['kernel'], p['conv_in']['bias'])
+  scale, shift = np.split(silu(en) @ p['emb']['kernel'] + p['emb']['bias'], 2, axis=-1)
+  h = silu(norm(h, 'norm_out') * (1 + scale[:, None, None]) + shift[:, None, None])
+  h = numpy_conv3x3(h, p['conv_out']['kernel'], p['conv_out']['bias'])
+  skip = xn if out_channels == 8 else xn @ p['skip']['kernel'][0, 0] + p['skip']['bias']
+  np.testing.assert_allclose(out, skip + h, atol=1e-4)
+
+
+def tiny_unet(**overrides):
+  """Two levels, attention at the second level and in the middle; dropout only when train=True."""
+  kwargs = dict(base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attn_resolutions=(14,),
+                num_classes=NUM_CLASSES, num_heads=2, dropout=0.3, norm_groups=8)
+  return UNet(**{**kwargs, **overrides})
+
+
+def tiny_inputs(shape):
+  rng = np.random.default_rng(0)
+  z = jnp.asarray(rng.standard_normal(shape, np.float32))
+  logsnr = jnp.asarray(rng.uniform(-20.0, 20.0, shape[:1]), jnp.float32)
+  labels = jnp.asarray(np.r_[NUM_CLASSES, np.arange(shape[0] - 1)], jnp.int32)   # ∅ first
+  return z, logsnr, labels
+
+
+@functools.cache
+def tiny_setup(shape):
+  model = tiny_unet(attn_resolutions=(shape[1] // 2,))
+  inputs = tiny_inputs(shape)
+  params = jax.jit(model.init)(init_key(1), *inputs)
+  return model, params, inputs
+
+
+@functools.cache
+def jitted_apply(model):
+  return jax.jit(model.apply, static_argnames='train')
+
+
+@pytest.mark.parametrize('shape', [(3, 28, 28, 1), (2, 32, 32, 3)])
+def test_initial_output_is_exactly_zero(shape):
+  model, params, inputs = tiny_setup(shape)
+  eps = jitted_apply(model)(params, *inputs)
+  assert eps.shape == shape and eps.dtype == jnp.float32
+  assert np.all(np.asarray(eps) == 0.0)
+
+
+@pytest.mark.parametrize('shape', [(3, 28, 28, 1), (2, 32, 32, 3)])
+def test_forward_shape_finite_and_class_dependent(shape):
+  model, params, (z, logsnr, labels) = tiny_setup(shape)
+  params = perturbed(params, seed=2)
+  apply = jitted_apply(model)
+  eps = apply(params, z, logsnr, labels)
+  assert eps.shape == shape and eps.dtype == jnp.float32
+  assert np.all(np.isfinite(eps)) and 0.01 < float(jnp.std(eps)) < 100.0
+  null = jnp.full_like(labels, NUM_CLASSES)
+  eps_null = apply(params, z, logsnr, null)
+  assert np.all(np.isfinite(eps_null))
+  assert float(jnp.max(jnp.abs(eps_null - apply(params, z, logsnr, jnp.zeros_like(labels))))) > 1e-3
+  assert params['params']['class_embed']['embedding'].shape[0] == NUM_CLASSES + 1
+
+
+def test_dropout_active_only_in_training():
+  shape = (3, 28, 28, 1)
+  model, params, inputs = tiny_setup(shape)
+  params = perturbed(params, seed=2)
+  apply = jitted_apply(model)
+  train = lambda seed: apply(params, *inputs, train=True, rngs={'dropout': init_key(seed)})
+  assert float(jnp.max(jnp.abs(train(0) - train(1)))) > 1e-3
+  np.testing.assert_array_equal(train(0), train(0))
+  eval_a, eval_b = apply(params, *inputs), apply(params, *inputs, rngs={'dropout': init_key(5)})
+  np.testing.assert_array_equal(eval_a, eval_b)
+  assert float(jnp.max(jnp.abs(eval_a - train(0)))) > 1e-3
+
+
+def test_bfloat16_compute_close_to_float32():
+  shape = (2, 32, 32, 3)
+  model, params, inputs = tiny_setup(shape)
+  params = perturbed(params, seed=2)
+  eps32 = jitted_apply(model)(params, *inputs)
+  model16 = tiny_unet(attn_resolutions=(16,), dtype=jnp.bfloat16)
+  eps16 = jax.jit(model16.apply)(params, *inputs)
+  assert eps16.dtype == jnp.float32
+  assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(
+      jax.eval_shape(model16.init, jax.random.key(0), *inputs)))
+  relative_error = float(jnp.linalg.norm(eps16 - eps32) / jnp.linalg.norm(eps32))
+  assert 1e-5 < relative_error < 0.05, relative_error   # bf16 really used, and still accurate
+
+
+@pytest.mark.parametrize('bad, message', [
+    (dict(z=jnp.zeros((2, 28, 28))), 'NHWC'),
+    (dict(z=jnp.zeros((2, 27, 27, 1))), 'divisible'),
+    (dict(labels=jnp.zeros((2,), jnp.float32)), 'labels'),
+    (dict(logsnr=jnp.zeros((3,))), 'logsnr'),
+    (dict(z=jnp.zeros((2, 32, 32, 1))), 'attn_resolutions'),
+])
+def test_bad_inputs_raise_clear_errors(bad, message):
+  inputs = dict(z=jnp.zeros((2, 28, 28, 1)), logsnr=jnp.zeros((2,)),
+                labels=jnp.zeros((2,), jnp.int32))
+  inputs.update(bad)
+  with pytest.raises(ValueError, match=message):
+    jax.eval_shape(tiny_unet().init, init_key(), inputs['z'], inputs['logsnr'], inputs['labels'])
+
+
+@pytest.mark.parametrize('resblock_updown', [True, False])
+def test_output_channels_and_plain_resampling_shapes(resblock_updown):
+  model = tiny_unet(out_channels=6, resblock_updown=resblock_updown)
+  eps = jax.eval_shape(lambda: model.init_with_output(init_key(), *tiny_inputs((2, 28, 28, 1)))[0])
+  assert eps.shape == (2, 28, 28, 6) and eps.dtype == jnp.float32
+
+
+def test_missing_heads_raise():
+  with pytest.raises(ValueError, match='num_heads'):
+    count_params(tiny_unet(num_heads=-1), (28, 28, 1))
