@@ -136,7 +136,7 @@ def _write_outputs(config, directory, workdir, step, rows, images, labels):
       adm_io.write_sample_batch(os.path.join(directory, f'samples_w{w:g}.npz'), per_weight, labels)
   writer = MetricWriter(os.path.join(workdir, 'tensorboard'))
   for row in rows:
-    writer.scalars(step, {f'eval/w={row["w"]:g}/{k}': v for k, v in row.items() if k not in ('w', 's')})
+    writer.scalars(step, {f'eval/w{row["w"]:g}/{k}': v for k, v in row.items() if k not in ('w', 's')})
     writer.hparams(dict(info, w=row['w']), {f'hparam/{k}': v for k, v in row.items() if k not in ('w', 's')},
                    name=f'eval_step{step}_w{row["w"]:g}')
   writer.close()

@@ -211,5 +211,5 @@ class _Previewer:
     os.makedirs(self.directory, exist_ok=True)
     for w, per_weight in zip(self.weights, images):
       grid = image_grid(per_weight, ncols=self.ncols)
-      writer.image(step, f'samples/w={w:g}', grid)
+      writer.image(step, f'samples/w{w:g}', grid)
       save_png(os.path.join(self.directory, f'step{step:08d}_w{w:g}.png'), grid)

@@ -1,0 +1,86 @@
+"""Training throughput: images/s of the jitted train step, per-device batch, and model FLOP utilisation.
+
+python experiments/bench_train.py                                   # configs/fashion_mnist.py
+python experiments/bench_train.py --config=imagenet64 --batch=16     # the paper's ImageNet 64 U-Net
+
+FLOPs per step come from XLA's cost analysis of the compiled step (forward + backward + update);
+MFU = achieved FLOP/s ÷ the device's peak (bf16 dense peak for GPUs/TPUs; none for CPUs).
+"""
+
+import argparse
+import importlib
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from cfg import build, data, parallel, train  # noqa: E402
+
+# Dense bf16 peak FLOP/s per device, from the vendors' data sheets.
+PEAK_FLOPS = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'TPU v4': 275e12, 'TPU v5': 459e12,
+              'TPU v5 lite': 197e12, 'TPU v6': 918e12}
+
+
+def peak_flops(device):
+  kind = device.device_kind
+  matches = [name for name in PEAK_FLOPS if name.lower() in kind.lower()]
+  return PEAK_FLOPS[max(matches, key=len)] if matches else None
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument('--config', default='fashion_mnist', help='a module in configs/')
+  parser.add_argument('--batch', type=int, default=None, help='global batch (default: the config\'s)')
+  parser.add_argument('--steps', type=int, default=10)
+  parser.add_argument('--bf16', action='store_true', help='bfloat16 compute, float32 params')
+  args = parser.parse_args()
+  config = importlib.import_module(f'configs.{args.config}').get_config()
+  if args.batch:
+    config.train.batch_size = args.batch
+  if args.bf16:
+    config.model.compute_dtype = 'bfloat16'
+  mesh = parallel.data_mesh()
+  model = build.model_from_config(config)
+  optimizer = build.optimizer_from_config(config.optim)
+  state = jax.jit(lambda: train.init_state(config, model, optimizer),
+                  out_shardings=parallel.replicated(mesh))()
+  batch_size = config.train.batch_size
+  shape = data.image_shape(config.data)
+  batch = parallel.global_batch({
+      'images': jnp.zeros((batch_size, *shape), jnp.float32),
+      'labels': jnp.arange(batch_size, dtype=jnp.int32) % config.data.num_classes}, mesh)
+  step = jax.jit(lambda s, b: train.train_step(s, b, model=model, optimizer=optimizer, config=config),
+                 in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
+                 donate_argnums=0)
+  start = time.time()
+  compiled = step.lower(state, batch).compile()
+  compile_seconds = time.time() - start
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops_per_step = float(cost.get('flops', 0.0)) if cost else 0.0
+  state, metrics = compiled(state, batch)  # warm-up
+  jax.block_until_ready(metrics)
+  start = time.time()
+  for _ in range(args.steps):
+    state, metrics = compiled(state, batch)
+  jax.block_until_ready(metrics)
+  seconds = (time.time() - start) / args.steps
+  device = jax.devices()[0]
+  params = sum(x.size for x in jax.tree.leaves(state.params))
+  print(f'config={args.config} params={params:,} device={device.device_kind} x{jax.device_count()} '
+        f'compute={config.model.compute_dtype}')
+  print(f'global batch={batch_size} per-device batch={batch_size // jax.device_count()} '
+        f'compile={compile_seconds:.1f}s step={seconds * 1e3:.1f}ms images/s={batch_size / seconds:.1f}')
+  peak = peak_flops(device)
+  if flops_per_step:
+    achieved = flops_per_step / seconds  # the compiled SPMD program is one device's share
+    mfu = f'{achieved / peak:.1%}' if peak else 'n/a (no peak known for this device)'
+    print(f'XLA flops/step/device={flops_per_step:.3e} achieved={achieved / 1e12:.2f} TFLOP/s/device MFU={mfu}')
+
+
+if __name__ == '__main__':
+  main()
