@@ -12,7 +12,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from cfg import data, parallel, samplers
-from cfg.metric_writer import to_uint8
+from cfg.evaluation.adm_io import to_uint8
 
 
 def sampler_kwargs(config):

@@ -21,11 +21,6 @@ def image_grid(images, *, ncols):
   return grid
 
 
-def to_uint8(images):
-  """[−1, 1] floats → uint8 [0, 255], ADM's rounding ((x + 1) · 127.5, clipped)."""
-  return np.clip(np.round((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
-
-
 def save_png(path, grid):
   """Writes a uint8 HWC grid as PNG (single-channel grids become grayscale), atomically."""
   image = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)

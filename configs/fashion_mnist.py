@@ -18,10 +18,12 @@ def get_config():
       head_channels=32, dropout=0.1, norm_groups=8))
   config.optim.update(dict(learning_rate=1e-3, warmup_steps=200, ema_rate=0.999))
   config.train.update(dict(
-      batch_size=128, num_steps=3_000, log_every=50, checkpoint_every=500, preview_every=1_000))
+      batch_size=64, num_steps=4_000, log_every=50, checkpoint_every=250, preview_every=500))
+  # DDIM with 16 steps and 256 samples per weight keep an evaluation of all nine weights to minutes on
+  # a 2-core CPU; Fréchet distances from 256 samples are biased upward but comparable across w.
   config.sampling.update(dict(
-      sampler='ddim', num_steps=64, num_samples=1_000, batch_size=500))
-  config.guidance.weights = (0.0, 0.3, 1.0, 3.0)
+      sampler='ddim', num_steps=16, num_samples=256, batch_size=128))
+  config.guidance.weights = (0.0, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 3.0, 4.0)
   return config
 
 
@@ -29,6 +31,6 @@ def sweeps():
   """Table 1's columns (p_uncond, one training run each) and Table 2's (T, sampling one run)."""
   return {
       'p_uncond': Sweep('diffusion.p_uncond', (0.1, 0.2, 0.5)),
-      'num_steps': Sweep('sampling.num_steps', (8, 16, 32, 64), train=False,
+      'num_steps': Sweep('sampling.num_steps', (4, 8, 16, 32), train=False,
                          base_overrides=(('diffusion.p_uncond', 0.1),)),
   }

@@ -1,0 +1,59 @@
+"""The ImageNet configs carry the paper's settings (paper.md §5, Tables 1–2), field by field."""
+
+import pytest
+
+from cfg.config_checks import check_config
+from configs import cifar10, default, fashion_mnist, imagenet64, imagenet128, smoke
+
+PAPER = {
+    imagenet64: {
+        'data.name': 'imagenet64', 'data.image_size': 64, 'data.num_classes': 1000,
+        'model.base_channels': 192, 'model.channel_mult': (1, 2, 3, 4), 'model.num_res_blocks': 3,
+        'model.attn_resolutions': (32, 16, 8), 'model.head_channels': 64, 'model.num_heads': -1,
+        'model.resblock_updown': True, 'model.dropout': 0.1,
+        'train.batch_size': 2048, 'optim.learning_rate': 3e-4, 'train.num_steps': 400_000,
+        'optim.ema_rate': 0.9999, 'optim.optimizer': 'adam', 'diffusion.p_uncond': 0.1,
+        'diffusion.logsnr_min': -20.0, 'diffusion.logsnr_max': 20.0,
+        'sampling.sampler': 'ancestral', 'sampling.variance_interp': 0.3, 'sampling.num_steps': 256,
+        'sampling.num_samples': 50_000,
+    },
+    imagenet128: {
+        'data.name': 'imagenet128', 'data.image_size': 128, 'data.num_classes': 1000,
+        'model.base_channels': 256, 'model.channel_mult': (1, 1, 2, 3, 4), 'model.num_res_blocks': 2,
+        'model.attn_resolutions': (32, 16, 8), 'model.num_heads': 4, 'model.head_channels': -1,
+        'model.resblock_updown': True, 'model.dropout': 0.0,
+        'train.batch_size': 256, 'optim.learning_rate': 1e-4, 'train.num_steps': 2_700_000,
+        'optim.ema_rate': 0.9999, 'optim.optimizer': 'adam', 'diffusion.p_uncond': 0.1,
+        'diffusion.logsnr_min': -20.0, 'diffusion.logsnr_max': 20.0,
+        'sampling.sampler': 'ancestral', 'sampling.variance_interp': 0.2, 'sampling.num_steps': 256,
+        'sampling.num_samples': 50_000,
+    },
+}
+PAPER_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 2.0, 3.0, 4.0)
+
+
+def _get(config, dotted):
+  for part in dotted.split('.'):
+    config = config[part]
+  return tuple(config) if isinstance(config, (list, tuple)) else config
+
+
+@pytest.mark.parametrize('module', list(PAPER), ids=lambda m: m.__name__)
+def test_imagenet_configs_match_the_paper(module):
+  config = module.get_config()
+  for field, expected in PAPER[module].items():
+    assert _get(config, field) == expected, field
+  assert tuple(config.guidance.weights) == PAPER_WEIGHTS
+
+
+def test_paper_sweep_grids():
+  for module in (imagenet64, imagenet128):
+    sweeps = module.sweeps()
+    assert tuple(sweeps['p_uncond'].values) == (0.1, 0.2, 0.5) and sweeps['p_uncond'].train
+    assert tuple(sweeps['num_steps'].values) == (128, 256, 1024) and not sweeps['num_steps'].train
+
+
+@pytest.mark.parametrize('module', [default, fashion_mnist, cifar10, imagenet64, imagenet128, smoke],
+                         ids=lambda m: m.__name__)
+def test_every_config_passes_the_checks(module):
+  check_config(module.get_config())
