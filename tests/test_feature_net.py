@@ -57,8 +57,9 @@ def test_shipped_network_reaches_its_recorded_test_accuracy(shipped, test_split,
   assert abs(accuracy - recorded['test_accuracy']) <= 0.005
   assert accuracy >= 0.90
   assert os.path.getsize(os.path.join(SHIPPED, feature_net.INFO_FILE)) < 10_000
+  # The committed network, not the reference-statistics caches evaluations write beside it.
   assert sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(SHIPPED)
-             for name in names) < 2_000_000
+             for name in names if not name.startswith('reference_')) < 2_000_000
 
 
 def test_features_and_logits_shapes_ranges_and_batching(shipped, test_split, test_outputs):

@@ -16,7 +16,6 @@ and is created by `python -m cfg.evaluation.feature_net --out=<directory>`.
 import dataclasses
 import datetime
 import functools
-import hashlib
 import json
 import os
 import platform
@@ -292,34 +291,20 @@ def reference_stats(feature_net, data_config, *, split=None, max_examples=None):
   """{mu, sigma, features}: μ = mean, Σ = np.cov(rowvar=False) in float64 of the split's features.
 
   The split defaults to the dataset's held-out one (Fashion-MNIST: test). Cached as an .npz in the
-  network's directory, keyed by the network's record and the data; recomputed when either changes.
+  network's directory, keyed by the network's record and the data, and recomputed when either changes.
   """
+  from cfg.evaluation import adm_io  # imports the Inception module; only needed here
   split = split or data.eval_split(data_config)
   if tuple(data.image_shape(data_config)) != tuple(feature_net.network.image_shape):
     raise ValueError(f'data config images are {data.image_shape(data_config)} but the feature net '
                      f'takes {feature_net.network.image_shape}; set data.image_size to match.')
-  fingerprint = hashlib.sha256(json.dumps(
-      [feature_net.info, _data_record(data_config), split, max_examples],
-      sort_keys=True).encode()).hexdigest()
   cache = None
   if feature_net.directory is not None:
     cache = os.path.join(feature_net.directory, f'reference_{data_config.name}_{split}_'
                          f'{"all" if max_examples is None else max_examples}.npz')
-    if os.path.isfile(cache):
-      with np.load(cache) as stored:
-        if str(stored['fingerprint']) == fingerprint:
-          return {key: stored[key] for key in ('mu', 'sigma', 'features')}
-      logging.info('%s was computed for another network or data; recomputing.', cache)
-
-  images, _ = data.load_split(data_config, split, max_examples)
-  features = feature_net.features_and_logits(images)[0]
-  stats = {'mu': np.mean(features.astype(np.float64), axis=0),
-           'sigma': np.cov(features.astype(np.float64), rowvar=False), 'features': features}
-  if cache is not None:
-    partial = cache + '.partial.npz'
-    np.savez(partial, fingerprint=fingerprint, **stats)
-    os.replace(partial, cache)  # atomic: a reader never sees half a file.
-  return stats
+  return adm_io.reference_statistics(
+      data_config, split=split, features_fn=lambda images: feature_net.features_and_logits(images)[0],
+      features_id=feature_net.info, cache_path=cache, max_examples=max_examples)
 
 
 # ------------------------------------------------------------------ command
