@@ -7,7 +7,13 @@ def get_config():
   config = config_dict.ConfigDict()
   config.mode = 'train'  # train | sample | eval | sweep
   config.seed = 0
+  _add_data_and_model(config)
+  _add_training(config)
+  _add_sampling_and_evaluation(config)
+  return config
 
+
+def _add_data_and_model(config):
   config.data = config_dict.ConfigDict(dict(
       name='fashion_mnist',  # fashion_mnist | cifar10 | imagenet64 | imagenet128
       fashion_mnist_dir='/usr/share/datasets/fashion-mnist',
@@ -32,6 +38,9 @@ def get_config():
       compute_dtype='float32',  # float32 | bfloat16 (params stay float32)
   ))
 
+
+
+def _add_training(config):
   # The log-SNR process and Algorithm 1.
   config.diffusion = config_dict.ConfigDict(dict(
       logsnr_min=-20.0,
@@ -61,6 +70,9 @@ def get_config():
       on_nonfinite='skip',  # skip: drop the update and count it | stop: end the run with an error
   ))
 
+
+
+def _add_sampling_and_evaluation(config):
   # Algorithm 2 (ancestral, v = variance_interp) or DDIM.
   config.sampling = config_dict.ConfigDict(dict(
       sampler='ancestral',  # ancestral | ddim
@@ -86,4 +98,3 @@ def get_config():
       reference_batch=config_dict.placeholder(str),  # ADM reference .npz (mu, sigma); None: eval split
       save_samples=True,  # ADM-format .npz of the samples per w
   ))
-  return config
