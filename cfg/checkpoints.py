@@ -2,12 +2,15 @@
 
 Saves are asynchronous and atomic (orbax writes a temporary folder and renames it when complete),
 so a run killed during a write leaves the previous checkpoints intact. Restoring walks back from
-the newest step and skips one that cannot be read, saying so.
+the newest step and skips one that cannot be read, saying so. Orbax's zarr chunks carry no checksum
+(a garbled byte can read back as a wrong value without error), so `meta` stores a word sum of every
+leaf and a restored state whose sums differ counts as unreadable.
 """
 
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
@@ -15,6 +18,10 @@ from absl import logging
 
 class CheckpointMismatchError(ValueError):
   """The workdir holds checkpoints of another model shape than the config describes."""
+
+
+class NoReadableCheckpointError(ValueError):
+  """Every checkpoint in the workdir is damaged; they are kept, nothing is trained over them."""
 
 
 def _key_name(key):
@@ -37,6 +44,25 @@ def _describe_mismatch(saved, wanted):
       lines.append(f'  {key}: checkpoint {saved.get(key)}, config {wanted.get(key)}')
   shown = '\n'.join(lines[:8]) + ('\n  …' if len(lines) > 8 else '')
   return shown
+
+
+def _word_sum(x):
+  """Σ of the leaf's bit patterns as unsigned integers, mod 2³² (exact, so independent of sharding)."""
+  x = x.astype(jnp.uint8) if x.dtype == jnp.bool_ else x
+  bits = jax.lax.bitcast_convert_type(x, jnp.dtype(f'uint{8 * x.dtype.itemsize}'))
+  return jnp.sum(bits.astype(jnp.uint32), dtype=jnp.uint32)
+
+
+@jax.jit
+def _word_sums(tree):
+  return jax.tree.map(_word_sum, tree)
+
+
+def checksums(tree):
+  """{'params.conv_in.kernel': word sum, …} of every leaf of a (possibly multi-process) state."""
+  sums = jax.device_get(_word_sums(tree))  # one transfer of all scalars
+  return {'.'.join(_key_name(k) for k in path): int(leaf)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(sums)}
 
 
 def all_finite(tree):
@@ -62,6 +88,10 @@ class Checkpoints:
     parent = directory
     while not os.path.exists(parent):
       parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+      raise PermissionError(
+          f'cannot write checkpoints to {directory}: {parent} is a file, not a folder. '
+          'Pass a --workdir that is a folder (or does not exist yet) under a folder you can write to.')
     if not os.access(parent, os.W_OK):
       raise PermissionError(
           f'cannot write checkpoints to {directory}: {parent} is not writable. '
@@ -77,7 +107,8 @@ class Checkpoints:
     step = int(state.step)
     return self.manager.save(step, force=force, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
-        meta=ocp.args.JsonSave({'data_position': int(data_position), 'step': step}),
+        meta=ocp.args.JsonSave({'data_position': int(data_position), 'step': step,
+                                'checksums': checksums(state)}),
         config=ocp.args.JsonSave(config.to_dict())))
 
   def check_compatible(self, step, abstract_state):
@@ -103,19 +134,26 @@ class Checkpoints:
         raise FileNotFoundError(f'no checkpoint at step {step} in {self.manager.directory}; '
                                 f'the steps there are {sorted(steps)}.')
       steps = [step]
-    if steps:
-      self.check_compatible(steps[0], abstract_state)
     for candidate in steps:
       try:
+        self.check_compatible(candidate, abstract_state)
         restored = self.manager.restore(candidate, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+        _verify_checksums(restored['state'], restored['meta'])
+      except CheckpointMismatchError:
+        raise
       except Exception as error:  # pylint: disable=broad-except
         logging.warning('checkpoint at step %d cannot be read (%s: %s); falling back to the one before.',
                         candidate, type(error).__name__, error)
-        print(f'warning: checkpoint at step {candidate} cannot be read ({type(error).__name__}); '
+        reason = str(error).split(' See full TensorStore')[0][:200]  # TensorStore appends its whole spec
+        print(f'warning: checkpoint at step {candidate} cannot be read ({type(error).__name__}: {reason}); '
               'falling back to the previous one.', flush=True)
         continue
       return restored['state'], restored['meta']
+    if steps:
+      raise NoReadableCheckpointError(
+          f'none of the checkpoints in {self.manager.directory} (steps {sorted(steps)}) can be read; '
+          'they were left as they are. Move that folder away to start again from step 0.')
     return None, None
 
   def restore_config(self, step):
@@ -127,3 +165,14 @@ class Checkpoints:
   def close(self):
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def _verify_checksums(state, meta):
+  """Raises when a restored leaf's word sum differs from the one saved (checkpoints without sums pass)."""
+  saved = meta.get('checksums')
+  if saved is None:
+    return
+  damaged = [name for name, value in checksums(state).items() if saved.get(name) != value]
+  if damaged:
+    raise ValueError(f'{len(damaged)} array(s) read back differently from how they were saved: '
+                     f'{", ".join(damaged[:4])}{" …" if len(damaged) > 4 else ""}')

@@ -1,8 +1,8 @@
 """The errors that mean "the input is wrong" (reported as one message, no traceback) versus bugs."""
 
-from cfg.checkpoints import CheckpointMismatchError
+from cfg.checkpoints import CheckpointMismatchError, NoReadableCheckpointError
 from cfg.config_checks import ConfigError
 from cfg.data import DataNotFoundError
 
-USER_ERRORS = (ConfigError, CheckpointMismatchError, DataNotFoundError, FileNotFoundError,
-               PermissionError, FloatingPointError)
+USER_ERRORS = (ConfigError, CheckpointMismatchError, NoReadableCheckpointError, DataNotFoundError,
+               FileNotFoundError, PermissionError, FloatingPointError)

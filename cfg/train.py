@@ -11,6 +11,7 @@ from typing import Any
 
 import flax
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -79,17 +80,31 @@ def train_step(state, batch, *, model, optimizer, config):
 
 
 class _Preemption:
-  """Turns SIGTERM into a flag the loop checks, so the run saves and exits cleanly."""
+  """Turns SIGTERM into a step at which the run saves and exits cleanly.
+
+  One process: a signal handler sets a flag. Several: JAX's preemption service (started by
+  jax.distributed.initialize) hears SIGTERM on any process and names one step for all of them, so
+  no process saves while another waits for it in the next step's collectives.
+  """
 
   def __init__(self):
     self.requested = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    self._multi_process = jax.process_count() > 1
+    if not self._multi_process:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):  # pylint: disable=unused-argument
     self.requested = True
 
+  def reached(self, step):
+    """Whether to save and stop after `step`; every process must call it at every step."""
+    if self._multi_process:
+      self.requested = multihost_utils.reached_preemption_sync_point(step)
+    return self.requested
+
   def restore(self):
-    signal.signal(signal.SIGTERM, self._previous)
+    if not self._multi_process:
+      signal.signal(signal.SIGTERM, self._previous)
 
 
 def abstract_state(state_fn, mesh):
@@ -141,7 +156,8 @@ def train_and_evaluate(config, workdir):
       state, metrics = step_fn(state, parallel.global_batch(next(batches), mesh))
       pending.append(metrics)
       last = step == config.train.num_steps
-      if step % config.train.log_every == 0 or last or preemption.requested:
+      stop = preemption.reached(step)
+      if step % config.train.log_every == 0 or last or stop:
         scalars = _mean_metrics(pending)
         now = time.time()
         scalars['images_per_sec'] = len(pending) * config.train.batch_size / (now - last_time)
@@ -152,10 +168,11 @@ def train_and_evaluate(config, workdir):
         skipped_seen = _check_nonfinite(config, state, skipped_seen, step)
       if preview and (step % config.train.preview_every == 0 or last):
         preview(state.ema_params, step, writer)
-      if step % config.train.checkpoint_every == 0 or last or preemption.requested:
+      if step % config.train.checkpoint_every == 0 or last or stop:
         _check_nonfinite(config, state, skipped_seen, step)
-        checkpoints.save(state, config=config, data_position=step, force=preemption.requested)
-      if preemption.requested:
+        writer.flush()  # a run killed later resumes at most here: its logged steps are all on disk
+        checkpoints.save(state, config=config, data_position=step, force=stop)
+      if stop:
         if is_writer:
           print(f'SIGTERM: saved the checkpoint at step {step}; exiting.', flush=True)
         break
