@@ -132,8 +132,10 @@ def collect(config, sweep, root, out_dir, extra_overrides=()):
     raise FileNotFoundError(f'no finished evaluations under {root}; run the sweep first.')
   rows = [combined[w] for w in sorted(combined)]
   os.makedirs(out_dir, exist_ok=True)
+  values = [str(v) for v in sweep.values]
   columns = ['w'] + sorted({k for r in rows for k in r if k != 'w'},
-                           key=lambda k: (tables.METRIC_ORDER.index(k.split(' @ ')[0]), k))
+                           key=lambda k: (tables.METRIC_ORDER.index(k.split(' @ ')[0]),
+                                          values.index(k.split(' @ ')[1])))
   text = tables.markdown_table(rows, columns=columns)
   tables.write_text(os.path.join(out_dir, 'table.md'), text + '\n')
   tables.write_csv(os.path.join(out_dir, 'table.csv'), rows, columns)
