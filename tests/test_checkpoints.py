@@ -13,30 +13,26 @@ import pytest
 
 from cfg import build, parallel, train
 from cfg.checkpoints import NoReadableCheckpointError
-from configs import smoke
+from tests.smoke_config import smoke_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # After a failed read, orbax's leftover asyncio callbacks find their event loop closed (noise only).
 pytestmark = pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
 
 
-def _config(**train_overrides):
-  config = smoke.get_config()
-  config.train.update(dict(preview_every=0, log_every=1, **train_overrides))
-  return config
 
 
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
   """(workdir with checkpoints 3 and 6, the state after 3 steps, trained on its own)."""
   workdir = str(tmp_path_factory.mktemp('six'))
-  train.train_and_evaluate(_config(num_steps=6), workdir)
-  after_three = train.train_and_evaluate(_config(num_steps=3), str(tmp_path_factory.mktemp('three')))
+  train.train_and_evaluate(smoke_config(num_steps=6), workdir)
+  after_three = train.train_and_evaluate(smoke_config(num_steps=3), str(tmp_path_factory.mktemp('three')))
   return workdir, jax.device_get(after_three)
 
 
 def _restore(workdir):
-  config = _config()
+  config = smoke_config()
   state, checkpoints = train.restore_or_init(
       config, workdir, model=build.model_from_config(config),
       optimizer=build.optimizer_from_config(config.optim), mesh=parallel.data_mesh())
@@ -95,7 +91,7 @@ def test_every_checkpoint_damaged_is_one_clear_error_and_keeps_them(trained, tmp
   for step in ('3', '6'):
     shutil.rmtree(os.path.join(damaged, 'checkpoints', step, 'state'))
   with pytest.raises(NoReadableCheckpointError, match=r'none of the checkpoints .* \(steps \[3, 6\]\)'):
-    train.train_and_evaluate(_config(num_steps=8), damaged)
+    train.train_and_evaluate(smoke_config(num_steps=8), damaged)
   assert sorted(os.listdir(os.path.join(damaged, 'checkpoints'))) == ['3', '6']
 
 

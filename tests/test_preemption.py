@@ -17,25 +17,21 @@ from tensorboard.backend.event_processing.event_file_loader import EventFileLoad
 from tensorboard.util import tensor_util
 
 from cfg import train
-from configs import smoke
 from tests.tb_events import read_scalars
+from tests.smoke_config import smoke_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS = 10
 TMP_SUFFIX = '.orbax-checkpoint-tmp'
 
 
-def _config(**train_overrides):
-  config = smoke.get_config()
-  config.train.update(dict(preview_every=0, log_every=1, **train_overrides))
-  return config
 
 
 @pytest.fixture(scope='module')
 def uninterrupted(tmp_path_factory):
   """(final state, {step: loss}) of NUM_STEPS steps in one go."""
   workdir = str(tmp_path_factory.mktemp('uninterrupted'))
-  state = train.train_and_evaluate(_config(num_steps=NUM_STEPS, checkpoint_every=1000), workdir)
+  state = train.train_and_evaluate(smoke_config(num_steps=NUM_STEPS, checkpoint_every=1000), workdir)
   return jax.device_get(state), dict(read_scalars(os.path.join(workdir, 'tensorboard'))['loss'])
 
 
@@ -96,7 +92,7 @@ def test_sigterm_saves_exits_zero_and_resumes_bitwise(uninterrupted, tmp_path, c
   assert 2 <= saved < NUM_STEPS and _complete_steps(workdir) == [saved]
 
   capsys.readouterr()
-  resumed = train.train_and_evaluate(_config(num_steps=NUM_STEPS, checkpoint_every=1000), workdir)
+  resumed = train.train_and_evaluate(smoke_config(num_steps=NUM_STEPS, checkpoint_every=1000), workdir)
   assert f'resuming from the checkpoint at step {saved}' in capsys.readouterr().out
   state, losses = uninterrupted
   _assert_states_equal(resumed, state)
@@ -134,7 +130,7 @@ def test_kill_9_during_a_write_and_at_a_random_moment_always_resumes(uninterrupt
 
   newest = max(_complete_steps(workdir))
   capsys.readouterr()
-  resumed = train.train_and_evaluate(_config(num_steps=NUM_STEPS, checkpoint_every=1000), workdir)
+  resumed = train.train_and_evaluate(smoke_config(num_steps=NUM_STEPS, checkpoint_every=1000), workdir)
   assert f'resuming from the checkpoint at step {newest}' in capsys.readouterr().out
   state, losses = uninterrupted
   _assert_states_equal(resumed, state)

@@ -13,14 +13,11 @@ import tensorflow_datasets as tfds
 from cfg import build, train
 from configs import smoke
 from tests.tb_events import read_scalars
+from tests.smoke_config import smoke_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _config(**train_overrides):
-  config = smoke.get_config()
-  config.train.update(dict(preview_every=0, log_every=1, **train_overrides))
-  return config
 
 
 def _synthetic_batches(num_classes, batch_size, size, seed=0):
@@ -32,7 +29,7 @@ def _synthetic_batches(num_classes, batch_size, size, seed=0):
 
 
 def test_tiny_model_loss_falls_on_synthetic_data():
-  config = _config()
+  config = smoke_config()
   config.optim.update(dict(learning_rate=3e-3, warmup_steps=10))
   model = build.model_from_config(config)
   optimizer = build.optimizer_from_config(config.optim)
@@ -50,9 +47,9 @@ def test_tiny_model_loss_falls_on_synthetic_data():
 
 def test_resume_continues_exactly(tmp_path):
   straight, resumed = str(tmp_path / 'straight'), str(tmp_path / 'resumed')
-  full = train.train_and_evaluate(_config(num_steps=6), straight)
-  train.train_and_evaluate(_config(num_steps=3), resumed)
-  again = train.train_and_evaluate(_config(num_steps=6), resumed)
+  full = train.train_and_evaluate(smoke_config(num_steps=6), straight)
+  train.train_and_evaluate(smoke_config(num_steps=3), resumed)
+  again = train.train_and_evaluate(smoke_config(num_steps=6), resumed)
   assert int(again.step) == 6
   for a, b in zip(jax.tree.leaves((full.params, full.ema_params, full.opt_state)),
                   jax.tree.leaves((again.params, again.ema_params, again.opt_state))):
@@ -65,7 +62,7 @@ def test_resume_continues_exactly(tmp_path):
 
 
 def test_one_step_on_tfds_mock_cifar10(tmp_path):
-  config = _config(num_steps=1, batch_size=4)
+  config = smoke_config(num_steps=1, batch_size=4)
   config.data.update(dict(name='cifar10', image_size=32, random_flip=True))
   config.model.attn_resolutions = (16,)  # feature-map sizes of a 32×32 input are 32 and 16
   with tfds.testing.mock_data(num_examples=16):
@@ -91,7 +88,7 @@ def test_one_and_eight_devices_give_the_same_losses(tmp_path):
 
 
 def test_nonfinite_update_is_skipped():
-  config = _config()
+  config = smoke_config()
   model = build.model_from_config(config)
   optimizer = build.optimizer_from_config(config.optim)
   state = train.init_state(config, model, optimizer)
@@ -108,7 +105,7 @@ def test_bfloat16_compute_trains_like_float32_with_float32_state():
   batch = _synthetic_batches(10, 16, 28)
   losses, states = {}, {}
   for dtype in ('float32', 'bfloat16'):
-    config = _config()
+    config = smoke_config()
     config.model.compute_dtype = dtype
     model = build.model_from_config(config)
     optimizer = build.optimizer_from_config(config.optim)
