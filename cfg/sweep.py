@@ -76,11 +76,11 @@ def job_config(config, job):
   return config
 
 
-def estimate_cost(config, job, *, trained_before):
+def estimate_cost(config, *, trains):
   """Training steps and images, and sampler network evaluations (a guided step = a batch of 2B)."""
   from cfg.config_checks import guidance_weights
   num_weights = len(guidance_weights(config))
-  train_steps = 0 if (not job.train or trained_before) else config.train.num_steps
+  train_steps = config.train.num_steps if trains else 0
   return {
       'train_steps': train_steps,
       'train_images': train_steps * config.train.batch_size,
@@ -94,8 +94,7 @@ def plan(config, sweep, root, extra_overrides=()):
   planned, trained = [], set()
   for job in expand(sweep, root, extra_overrides):
     job_cfg = job_config(config, job)
-    cost = estimate_cost(job_cfg, dataclasses.replace(job, train=True) if job.workdir not in trained
-                         else job, trained_before=job.workdir in trained)
+    cost = estimate_cost(job_cfg, trains=job.workdir not in trained)
     trained.add(job.workdir)
     planned.append((job, job_cfg, cost))
   return planned

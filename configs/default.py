@@ -2,6 +2,8 @@
 
 from ml_collections import config_dict
 
+from cfg.sweep import Sweep
+
 
 def get_config():
   config = config_dict.ConfigDict()
@@ -98,3 +100,12 @@ def _add_sampling_and_evaluation(config):
       reference_batch=config_dict.placeholder(str),  # ADM reference .npz (mu, sigma); None: eval split
       save_samples=True,  # ADM-format .npz of the samples per w
   ))
+
+
+def paper_sweeps():
+  """The paper's grids: p_uncond ∈ {0.1, 0.2, 0.5} (Table 1), T ∈ {128, 256, 1024} (Table 2)."""
+  return {
+      'p_uncond': Sweep('diffusion.p_uncond', (0.1, 0.2, 0.5)),
+      'num_steps': Sweep('sampling.num_steps', (128, 256, 1024), train=False,
+                         base_overrides=(('diffusion.p_uncond', 0.1),)),
+  }

@@ -3,7 +3,6 @@
 python launch.py --config=configs/imagenet64.py --workdir=runs/in64
 """
 
-from cfg.sweep import Sweep
 from configs import default
 
 
@@ -25,10 +24,4 @@ def get_config():
   return config
 
 
-def sweeps():
-  """The paper's grids: p_uncond ∈ {0.1, 0.2, 0.5} (Table 1), T ∈ {128, 256, 1024} (Table 2)."""
-  return {
-      'p_uncond': Sweep('diffusion.p_uncond', (0.1, 0.2, 0.5)),
-      'num_steps': Sweep('sampling.num_steps', (128, 256, 1024), train=False,
-                         base_overrides=(('diffusion.p_uncond', 0.1),)),
-  }
+sweeps = default.paper_sweeps
