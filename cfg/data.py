@@ -35,7 +35,6 @@ import grain
 import ml_collections
 import numpy as np
 from PIL import Image
-import tensorflow_datasets as tfds
 
 _FASHION_MNIST_FILES = {
     'train': ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz'),
@@ -386,6 +385,7 @@ class _PreparationError(Exception):
 
 def _prepared_tfds_source(data_config, tfds_name, split):
   """`tfds.data_source` spelled out, so that only preparation failures count as missing data."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  # slow; tfds only
   # array_record is the random-access format; tfds.data_source only defaults to it without data_dir.
   builder = tfds.builder(tfds_name, data_dir=data_config.tfds_data_dir, file_format='array_record')
   try:

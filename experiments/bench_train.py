@@ -2,9 +2,15 @@
 
 python experiments/bench_train.py                                   # configs/fashion_mnist.py
 python experiments/bench_train.py --config=imagenet64 --batch=16     # the paper's ImageNet 64 U-Net
+python experiments/bench_train.py --config=imagenet64 --batch=64 --flops_only   # FLOPs, on any CPU
 
-FLOPs per step come from XLA's cost analysis of the compiled step (forward + backward + update);
-MFU = achieved FLOP/s ÷ the device's peak (bf16 dense peak for GPUs/TPUs; none for CPUs).
+FLOPs per step come from XLA's cost analysis of the lowered (not yet optimised) step: forward +
+backward + update, the same count on every backend. The compiled program's analysis is no substitute:
+on GPUs XLA hands convolutions to cuDNN as custom calls whose FLOPs it does not see (on an H200 it
+reported 10x fewer for the Fashion-MNIST step), and with jax 0.11.2's CUDA plugin the lowered program
+gave no count at all. There, count with --flops_only on a CPU (shapes only, seconds) and pass the
+number as --flops_per_step. MFU = achieved FLOP/s ÷ the device's peak (bf16 dense peak for
+GPUs/TPUs, whatever the compute dtype; none for CPUs).
 """
 
 import argparse
@@ -31,12 +37,27 @@ def peak_flops(device):
   return PEAK_FLOPS[max(matches, key=len)] if matches else None
 
 
+def lowered_flops(lowered):
+  """Global FLOPs of a lowered program from XLA's cost analysis; 0.0 where the backend gives none."""
+  try:
+    cost = lowered.cost_analysis()
+  except NotImplementedError:  # some PJRT plugins analyse only compiled programs
+    return 0.0
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get('flops', 0.0)) if cost else 0.0
+
+
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument('--config', default='fashion_mnist', help='a module in configs/')
   parser.add_argument('--batch', type=int, default=None, help='global batch (default: the config\'s)')
   parser.add_argument('--steps', type=int, default=10)
   parser.add_argument('--bf16', action='store_true', help='bfloat16 compute, float32 params')
+  parser.add_argument('--flops_only', action='store_true',
+                      help='print the step\'s FLOPs from its lowered program, then stop')
+  parser.add_argument('--flops_per_step', type=float, default=None,
+                      help='global FLOPs per step for MFU, e.g. from --flops_only on a CPU where '
+                           'this backend\'s cost analysis gives none')
   args = parser.parse_args()
   config = importlib.import_module(f'configs.{args.config}').get_config()
   if args.batch:
@@ -46,22 +67,29 @@ def main():
   mesh = parallel.data_mesh()
   model = build.model_from_config(config)
   optimizer = build.optimizer_from_config(config.optim)
-  state = jax.jit(lambda: train.init_state(config, model, optimizer),
-                  out_shardings=parallel.replicated(mesh))()
+  init = jax.jit(lambda: train.init_state(config, model, optimizer),
+                 out_shardings=parallel.replicated(mesh))
   batch_size = config.train.batch_size
   shape = data.image_shape(config.data)
-  batch = parallel.global_batch({
-      'images': jnp.zeros((batch_size, *shape), jnp.float32),
-      'labels': jnp.arange(batch_size, dtype=jnp.int32) % config.data.num_classes}, mesh)
   step = jax.jit(lambda s, b: train.train_step(s, b, model=model, optimizer=optimizer, config=config),
                  in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
                  donate_argnums=0)
+  if args.flops_only:  # shapes only: no parameters are allocated and nothing is compiled
+    batch = {'images': jax.ShapeDtypeStruct((batch_size, *shape), jnp.float32),
+             'labels': jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
+    flops = lowered_flops(step.lower(jax.eval_shape(init), batch))
+    print(f'config={args.config} compute={config.model.compute_dtype} global batch={batch_size} '
+          f'XLA flops/step (global)={flops:.4e}')
+    return
+  state = init()
+  batch = parallel.global_batch({
+      'images': jnp.zeros((batch_size, *shape), jnp.float32),
+      'labels': jnp.arange(batch_size, dtype=jnp.int32) % config.data.num_classes}, mesh)
   start = time.time()
-  compiled = step.lower(state, batch).compile()
+  lowered = step.lower(state, batch)
+  compiled = lowered.compile()
   compile_seconds = time.time() - start
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops_per_step = float(cost.get('flops', 0.0)) if cost else 0.0
+  flops_per_step = args.flops_per_step or lowered_flops(lowered)
   state, metrics = compiled(state, batch)  # warm-up
   jax.block_until_ready(metrics)
   start = time.time()
@@ -77,9 +105,14 @@ def main():
         f'compile={compile_seconds:.1f}s step={seconds * 1e3:.1f}ms images/s={batch_size / seconds:.1f}')
   peak = peak_flops(device)
   if flops_per_step:
-    achieved = flops_per_step / seconds  # the compiled SPMD program is one device's share
+    per_device = flops_per_step / jax.device_count()  # the lowered program is the global step
+    achieved = per_device / seconds
     mfu = f'{achieved / peak:.1%}' if peak else 'n/a (no peak known for this device)'
-    print(f'XLA flops/step/device={flops_per_step:.3e} achieved={achieved / 1e12:.2f} TFLOP/s/device MFU={mfu}')
+    print(f'XLA flops/step/device={per_device:.3e} achieved={achieved / 1e12:.2f} TFLOP/s/device '
+          f'MFU={mfu}')
+  else:
+    print('MFU: this backend\'s cost analysis gives no FLOPs; count them with --flops_only on a '
+          'CPU and pass --flops_per_step')
 
 
 if __name__ == '__main__':
