@@ -100,17 +100,28 @@ def plan(config, sweep, root, extra_overrides=()):
   return planned
 
 
-def find_results(workdir, *, num_steps=None):
-  """results.json rows of the newest evaluated checkpoint in `workdir` (optionally at T = num_steps)."""
+def find_results(workdir, config):
+  """results.json of the evaluation `config` describes, or None if it has not finished.
+
+  That is the folder `evaluate.run` writes for this config: same sampler, T, sample count, seed and
+  weights, at `eval.checkpoint_step`, or at the newest evaluated checkpoint when that is None. Other
+  evaluations in the workdir (another seed, more samples) are never mixed in.
+  """
+  from cfg.config_checks import guidance_weights  # pylint: disable=g-import-not-at-top
+  from cfg.evaluate import evaluation_tag  # pylint: disable=g-import-not-at-top
+  weights = guidance_weights(config)
+  step = config.eval.checkpoint_step
+  if step is not None:
+    paths = [os.path.join(workdir, 'eval', evaluation_tag(config, step, weights), 'results.json')]
+  else:
+    rest = evaluation_tag(config, 0, weights).split('_', 1)[1]  # the tag without its step
+    paths = glob.glob(os.path.join(workdir, 'eval', f'step*_{glob.escape(rest)}', 'results.json'))
   found = []
-  for path in glob.glob(os.path.join(workdir, 'eval', '*', 'results.json')):
-    with open(path) as f:
-      result = json.load(f)
-    if num_steps is None or result['info']['num_steps'] == num_steps:
-      found.append(result)
-  if not found:
-    return None
-  return max(found, key=lambda r: r['info']['step'])
+  for path in paths:
+    if os.path.exists(path):
+      with open(path) as f:
+        found.append(json.load(f))
+  return max(found, key=lambda r: r['info']['step']) if found else None
 
 
 def collect(config, sweep, root, out_dir, extra_overrides=()):
@@ -118,7 +129,7 @@ def collect(config, sweep, root, out_dir, extra_overrides=()):
   series, combined = {}, {}
   for job, job_cfg, _ in plan(config, sweep, root, extra_overrides):
     value = dict(job.overrides)[sweep.field]
-    result = find_results(job.workdir, num_steps=job_cfg.sampling.num_steps)
+    result = find_results(job.workdir, job_cfg)
     if result is None:
       print(f'{job.name}: no results yet', flush=True)
       continue

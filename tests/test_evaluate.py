@@ -80,13 +80,22 @@ def test_sweep_plan_names_workdirs_and_counts_cost(tmp_path):
   assert [cost['train_steps'] for _, _, cost in steps] == [config.train.num_steps, 0]
 
 
+def _write_results(workdir, config, step, rows):
+  """A finished evaluation of `config` at `step`, where evaluate.run would have written it."""
+  folder = os.path.join(workdir, 'eval', evaluate.evaluation_tag(
+      config, step, evaluate.guidance_weights(config)))
+  os.makedirs(folder)
+  with open(os.path.join(folder, 'results.json'), 'w') as f:
+    json.dump({'info': {'step': step, 'seed': config.sampling.seed}, 'rows': rows}, f)
+
+
+def _rows(fd):
+  return [{'w': w, 's': 1 + w, 'fd_fmnist': fd + w, 'is_fmnist': 2 + w} for w in (0.0, 1.0)]
+
+
 def test_collect_builds_the_combined_table(tmp_path):
   for p, fd in ((0.1, 5.0), (0.5, 7.0)):
-    folder = tmp_path / f'diffusion.p_uncond={p}' / 'eval' / 'step6_x'
-    folder.mkdir(parents=True)
-    rows = [{'w': w, 's': 1 + w, 'fd_fmnist': fd + w, 'is_fmnist': 2 + w} for w in (0.0, 1.0)]
-    info = {'step': 6, 'num_steps': smoke.get_config().sampling.num_steps}
-    (folder / 'results.json').write_text(json.dumps({'info': info, 'rows': rows}))
+    _write_results(str(tmp_path / f'diffusion.p_uncond={p}'), smoke.get_config(), 6, _rows(fd))
   out = str(tmp_path / 'table')
   rows = sweep.collect(smoke.get_config(), sweep.Sweep('diffusion.p_uncond', (0.1, 0.5)), str(tmp_path), out)
   assert rows == [{'w': 0.0, 'fd_fmnist @ 0.1': 5.0, 'is_fmnist @ 0.1': 2.0, 'fd_fmnist @ 0.5': 7.0,
@@ -95,3 +104,27 @@ def test_collect_builds_the_combined_table(tmp_path):
                    'is_fmnist @ 0.5': 3.0}]
   assert os.path.exists(os.path.join(out, 'tradeoff.png'))
   assert '| w |' in open(os.path.join(out, 'table.md')).read()
+
+
+def test_collect_takes_the_evaluation_the_config_describes(tmp_path):
+  """Other seeds, sample counts or steps in the same workdir are never mixed into the table."""
+  workdir = str(tmp_path / 'diffusion.p_uncond=0.1')
+  config = smoke.get_config()
+  other_seed, more_samples = smoke.get_config(), smoke.get_config()
+  other_seed.sampling.seed += 1
+  more_samples.sampling.num_samples *= 4
+  _write_results(workdir, config, 4, _rows(10.0))
+  _write_results(workdir, config, 8, _rows(20.0))
+  _write_results(workdir, other_seed, 8, _rows(30.0))
+  _write_results(workdir, more_samples, 8, _rows(40.0))
+  _write_results(workdir, more_samples, 12, _rows(50.0))
+  assert sweep.find_results(workdir, config)['rows'] == _rows(20.0)  # newest step of this config
+  assert sweep.find_results(workdir, other_seed)['rows'] == _rows(30.0)
+  assert sweep.find_results(workdir, more_samples)['rows'] == _rows(50.0)
+  config.eval.checkpoint_step = 4
+  assert sweep.find_results(workdir, config)['rows'] == _rows(10.0)
+  config.eval.checkpoint_step = 12
+  assert sweep.find_results(workdir, config) is None
+  with pytest.raises(FileNotFoundError, match='no finished evaluations'):
+    sweep.collect(config, sweep.Sweep('diffusion.p_uncond', (0.1,)), str(tmp_path),
+                  str(tmp_path / 'table'))
