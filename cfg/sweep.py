@@ -109,18 +109,12 @@ def find_results(workdir, config):
   """
   from cfg.config_checks import guidance_weights  # pylint: disable=g-import-not-at-top
   from cfg.evaluate import evaluation_tag  # pylint: disable=g-import-not-at-top
-  weights = guidance_weights(config)
-  step = config.eval.checkpoint_step
-  if step is not None:
-    paths = [os.path.join(workdir, 'eval', evaluation_tag(config, step, weights), 'results.json')]
-  else:
-    rest = evaluation_tag(config, 0, weights).split('_', 1)[1]  # the tag without its step
-    paths = glob.glob(os.path.join(workdir, 'eval', f'step*_{glob.escape(rest)}', 'results.json'))
+  rest = evaluation_tag(config, 0, guidance_weights(config)).split('_', 1)[1]  # the tag after its step
+  step = '*' if config.eval.checkpoint_step is None else config.eval.checkpoint_step
   found = []
-  for path in paths:
-    if os.path.exists(path):
-      with open(path) as f:
-        found.append(json.load(f))
+  for path in glob.glob(os.path.join(workdir, 'eval', f'step{step}_{glob.escape(rest)}', 'results.json')):
+    with open(path) as f:
+      found.append(json.load(f))
   return max(found, key=lambda r: r['info']['step']) if found else None
 
 
