@@ -192,3 +192,154 @@ def test_precision_recall_matches_brute_force_on_random_data():
   assert 0.05 < expected[0] < 0.95 and 0.05 < expected[1] < 0.95  # a case where both are informative
   got = metrics.precision_recall(real_features=real, fake_features=fake, k=3, batch_size=64)
   assert got == pytest.approx(expected, abs=1e-12)
+
+
+# ---- precision / recall / density / coverage ----------------------------------------------------
+
+
+def _brute_force_prdc(real, fake, k):
+  """Naeem et al. (2020), Eq. 1–4, one point at a time with explicit Euclidean distances."""
+  def kth_neighbour_distance(points, index):
+    others = [np.sqrt(np.sum((points[index] - points[j]) ** 2)) for j in range(len(points)) if j != index]
+    return sorted(others)[k - 1]
+
+  real_radii = [kth_neighbour_distance(real, i) for i in range(len(real))]
+  fake_radii = [kth_neighbour_distance(fake, j) for j in range(len(fake))]
+  dist = lambda a, b: np.sqrt(np.sum((a - b) ** 2))
+  precision = recall = density = coverage = 0.0
+  for y in fake:
+    inside = [dist(y, x) < r for x, r in zip(real, real_radii)]
+    precision += any(inside)
+    density += sum(inside)
+  for x, r in zip(real, real_radii):
+    recall += any(dist(x, y) < s for y, s in zip(fake, fake_radii))
+    coverage += min(dist(x, y) for y in fake) < r
+  return {'precision': precision / len(fake), 'recall': recall / len(real),
+          'density': density / (k * len(fake)), 'coverage': coverage / len(real)}
+
+
+@pytest.mark.parametrize('num_real, num_fake, scale, seed', [(120, 90, 1.0, 0), (80, 140, 0.7, 1)])
+def test_prdc_matches_brute_force_on_random_data(num_real, num_fake, scale, seed):
+  rng = np.random.default_rng(seed)
+  real = rng.standard_normal((num_real, 8))
+  fake = scale * rng.standard_normal((num_fake, 8)) + 1.0
+  expected = _brute_force_prdc(real, fake, k=5)
+  assert all(0.05 < expected[name] < 0.95 for name in ('precision', 'recall', 'coverage'))
+  got = metrics.prdc(real_features=real, fake_features=fake, k=5, batch_size=32)
+  assert got == pytest.approx(expected, abs=1e-12)
+
+
+def test_prdc_of_identical_sets():
+  features = np.random.default_rng(2).standard_normal((100, 16))
+  got = metrics.prdc(real_features=features, fake_features=features.copy(), batch_size=40)
+  assert (got['precision'], got['recall'], got['coverage']) == (1.0, 1.0, 1.0)
+  # Each ball holds its centre and its k − 1 strictly nearer neighbours, so density is exactly 1 —
+  # except that the k-th neighbour sits ON the sphere, a tie that float32 rounding decides either way.
+  assert _brute_force_prdc(features, features, k=5)['density'] == pytest.approx(1.0, abs=1e-12)
+  assert got['density'] == pytest.approx(1.0, abs=0.01)
+
+
+def test_prdc_of_far_apart_sets_is_zero():
+  rng = np.random.default_rng(3)
+  got = metrics.prdc(real_features=rng.standard_normal((50, 4)),
+                     fake_features=rng.standard_normal((60, 4)) + 100.0)
+  assert got == {'precision': 0.0, 'recall': 0.0, 'density': 0.0, 'coverage': 0.0}
+
+
+def test_prdc_coverage_ignores_fake_outliers_that_inflate_recall():
+  # One far fake with a huge radius covers every real point for recall; coverage uses real radii only.
+  real = np.random.default_rng(4).standard_normal((40, 2))
+  fake = np.concatenate([real[:6] + 1e-3, [[50.0, 50.0]]])
+  got = metrics.prdc(real_features=real, fake_features=fake, k=5)
+  assert got['recall'] == 1.0 and got['coverage'] < 0.5
+  assert got == pytest.approx(_brute_force_prdc(real, fake, k=5), abs=1e-12)
+
+
+# ---- bootstrap interval and FD∞ on Gaussians with a closed-form distance ------------------------
+
+
+def _diagonal_gaussians(seed, dim=16):
+  rng = np.random.default_rng(seed)
+  mu1, mu2 = 0.3 * rng.standard_normal(dim), 0.3 * rng.standard_normal(dim)
+  var1, var2 = rng.uniform(0.5, 2.0, dim), rng.uniform(0.5, 2.0, dim)
+  truth = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(var1) - np.sqrt(var2)) ** 2)
+  draw = lambda num, rng: mu1 + np.sqrt(var1) * rng.standard_normal((num, dim))
+  return draw, mu2, np.diag(var2), truth
+
+
+def test_bootstrap_replicates_are_distances_of_rows_drawn_with_replacement():
+  draw, mu_ref, sigma_ref, _ = _diagonal_gaussians(5, dim=6)
+  features = draw(40, np.random.default_rng(6))
+  got = metrics.frechet_distance_bootstrap(features=features, mu_ref=mu_ref, sigma_ref=sigma_ref,
+                                           num_resamples=8, seed=7)
+  counts = np.random.default_rng(7).multinomial(40, np.full(40, 1 / 40), size=8)
+  resampled = [np.repeat(features, c, axis=0) for c in counts]
+  expected = [metrics.frechet_distance(mu1=rows.mean(0), sigma1=np.cov(rows, rowvar=False), mu2=mu_ref,
+                                       sigma2=sigma_ref) for rows in resampled]
+  np.testing.assert_allclose(got.replicates, expected, rtol=1e-9)
+  plain = metrics.frechet_distance(mu1=features.mean(0), sigma1=np.cov(features, rowvar=False),
+                                   mu2=mu_ref, sigma2=sigma_ref)
+  assert got.fd == pytest.approx(plain, rel=1e-9)
+  # Summing the rows in blocks (and resamples in chunks) changes nothing.
+  blocked = metrics.frechet_distance_bootstrap(features=features, mu_ref=mu_ref, sigma_ref=sigma_ref,
+                                               num_resamples=8, seed=7, max_elements=13)
+  np.testing.assert_allclose(blocked.replicates, got.replicates, rtol=1e-12)
+
+
+def test_bootstrap_interval_covers_the_true_distance_at_its_nominal_rate():
+  # 100 independent sample sets of N = 200 in 16-d: FD_200 is biased by ≈ +0.5 (sd 0.27), so the
+  # percentile interval of the replicates almost never holds the truth; the basic interval must.
+  draw, mu_ref, sigma_ref, truth = _diagonal_gaussians(8)
+  repeats, basic, percentile = 100, 0, 0
+  for repeat in range(repeats):
+    features = draw(200, np.random.default_rng(100 + repeat))
+    got = metrics.frechet_distance_bootstrap(features=features, mu_ref=mu_ref, sigma_ref=sigma_ref,
+                                             num_resamples=200, seed=repeat)
+    assert got.low <= got.fd <= got.high and got.confidence == 0.95
+    basic += got.low <= truth <= got.high
+    low, high = np.quantile(got.replicates, [0.025, 0.975])
+    percentile += low <= truth <= high
+  # Binomial(100, 0.95): 88 … 99 holds 99.9 % of its mass.
+  assert 88 <= basic <= 99, basic
+  assert percentile < 50, percentile
+
+
+def test_fd_infinity_is_closer_to_the_true_distance_than_fd_n():
+  draw, mu_ref, sigma_ref, truth = _diagonal_gaussians(9)
+  fd_n, fd_infinity = [], []
+  for repeat in range(40):
+    features = draw(400, np.random.default_rng(200 + repeat))
+    fd_n.append(metrics.frechet_distance(mu1=features.mean(0), sigma1=np.cov(features, rowvar=False),
+                                         mu2=mu_ref, sigma2=sigma_ref))
+    got = metrics.frechet_distance_infinity(features=features, mu_ref=mu_ref, sigma_ref=sigma_ref,
+                                            seed=repeat)
+    assert got.slope > 0  # the bias shrinks as N grows
+    fd_infinity.append(got.fd_infinity)
+  bias_n, bias_infinity = np.mean(fd_n) - truth, np.mean(fd_infinity) - truth
+  assert bias_n > 0.1 and abs(bias_infinity) < bias_n / 3, (bias_n, bias_infinity)
+  rmse = lambda values: np.sqrt(np.mean((np.asarray(values) - truth) ** 2))
+  assert rmse(fd_infinity) < rmse(fd_n)
+
+
+def test_fd_infinity_is_the_intercept_of_a_line_through_subset_distances():
+  draw, mu_ref, sigma_ref, _ = _diagonal_gaussians(10, dim=4)
+  features = draw(300, np.random.default_rng(11))
+  got = metrics.frechet_distance_infinity(features=features, mu_ref=mu_ref, sigma_ref=sigma_ref,
+                                          seed=12, num_points=5)
+  np.testing.assert_array_equal(got.subset_sizes, [30, 97, 165, 232, 300])
+  rng = np.random.default_rng(12)
+  fds = []
+  for size in got.subset_sizes:
+    subset = features[rng.permutation(300)[:size]]
+    fds.append(metrics.frechet_distance(mu1=subset.mean(0), sigma1=np.cov(subset, rowvar=False),
+                                        mu2=mu_ref, sigma2=sigma_ref))
+  np.testing.assert_allclose(got.fds, fds, rtol=1e-9)
+  design = np.stack([np.ones(5), 1.0 / got.subset_sizes], axis=1)
+  (intercept, slope), *_ = np.linalg.lstsq(design, np.asarray(fds), rcond=None)
+  assert (got.fd_infinity, got.slope) == pytest.approx((intercept, slope), rel=1e-9)
+
+
+def test_fd_infinity_rejects_too_few_subset_sizes():
+  with pytest.raises(ValueError, match='subset sizes'):
+    metrics.frechet_distance_infinity(features=np.zeros((10, 2)), mu_ref=np.zeros(2),
+                                      sigma_ref=np.eye(2), subset_sizes=[10, 10])

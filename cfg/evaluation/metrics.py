@@ -1,13 +1,17 @@
-"""Sample-quality metrics over feature vectors: Fréchet distance, Inception Score, precision / recall.
+"""Sample-quality metrics over feature vectors: Fréchet distance, Inception Score, precision / recall, PRDC.
 
 Conventions follow the reference implementations that published numbers come from (paper §7): the TTUR /
 pytorch-fid / ADM-evaluator Fréchet distance (float64 on the host, scipy sqrtm, ε·I retry, imaginary part
 dropped only when the diagonal's is below 1e-3), the improved-GAN Inception Score (10 contiguous splits),
 and the Kynkäänniemi et al. k-NN precision / recall as in the ADM evaluator (k = 3, squared Euclidean
-distances, a point is covered when its distance is ≤ some reference point's k-th-neighbour distance).
+distances, a point is covered when its distance is ≤ some reference point's k-th-neighbour distance),
+next to Naeem et al.'s precision / recall / density / coverage (k = 5, strict <, as their code).
+For small sample counts: a basic-bootstrap interval for the Fréchet distance and FD∞ (Chong & Forsyth
+2020), both with the reference statistics held fixed.
 """
 
 import functools
+from typing import NamedTuple
 import warnings
 
 import jax
@@ -129,16 +133,21 @@ def coverage(*, points, centres, radii_squared, batch_size=1000):
   return float(np.mean(inside))
 
 
-def precision_recall(*, real_features, fake_features, k=3, batch_size=1000):
-  """(precision, recall) = (share of fakes in the real k-NN manifold, share of reals in the fake one).
-
-  Distances are computed in [batch_size, N] blocks, so 50k × 50k sets never build an N × N matrix.
-  """
+def _feature_pair(real_features, fake_features):
   real_features = np.asarray(real_features, np.float32)
   fake_features = np.asarray(fake_features, np.float32)
   if real_features.shape[1:] != fake_features.shape[1:]:
     raise ValueError(f'Real features {real_features.shape} and fake features {fake_features.shape} '
                      'need the same feature dimension.')
+  return real_features, fake_features
+
+
+def precision_recall(*, real_features, fake_features, k=3, batch_size=1000):
+  """(precision, recall) = (share of fakes in the real k-NN manifold, share of reals in the fake one).
+
+  Distances are computed in [batch_size, N] blocks, so 50k × 50k sets never build an N × N matrix.
+  """
+  real_features, fake_features = _feature_pair(real_features, fake_features)
   real_radii = manifold_radii(real_features, k=k, batch_size=batch_size)
   fake_radii = manifold_radii(fake_features, k=k, batch_size=batch_size)
   precision = coverage(points=fake_features, centres=real_features, radii_squared=real_radii,
@@ -146,3 +155,153 @@ def precision_recall(*, real_features, fake_features, k=3, batch_size=1000):
   recall = coverage(points=real_features, centres=fake_features, radii_squared=fake_radii,
                     batch_size=batch_size)
   return precision, recall
+
+
+# ---- precision / recall / density / coverage (Naeem et al. 2020) --------------------------------
+
+
+@jax.jit
+def _count_strictly_inside(rows, centres, radii_squared):
+  return jnp.sum(_squared_distances(rows, centres) < radii_squared[None, :], axis=1)
+
+
+@jax.jit
+def _nearest_squared_distance(rows, points):
+  return jnp.min(_squared_distances(rows, points), axis=1)
+
+
+def prdc(*, real_features, fake_features, k=5, batch_size=1000):
+  """{precision, recall, density, coverage} of Naeem et al. (2020), as clovaai/generative-evaluation-prdc.
+
+  With R_k(x) the distance from x to its k-th nearest other point of its own set (reals X_i, fakes Y_j):
+    precision = mean_j 1[∃i: ‖Y_j − X_i‖ < R_k(X_i)]      recall   = mean_i 1[∃j: ‖X_i − Y_j‖ < R_k(Y_j)]
+    density   = mean_j (1/k) Σ_i 1[‖Y_j − X_i‖ < R_k(X_i)]  coverage = mean_i 1[min_j ‖X_i − Y_j‖ < R_k(X_i)]
+  Comparisons are strict, as in the authors' code (the ADM-style `precision_recall` uses ≤ and k = 3).
+  Density is not bounded by 1; coverage uses only the real radii, so it ignores fake outliers.
+  """
+  real_features, fake_features = _feature_pair(real_features, fake_features)
+  real_radii = manifold_radii(real_features, k=k, batch_size=batch_size)
+  fake_radii = manifold_radii(fake_features, k=k, batch_size=batch_size)
+  reals, fakes = jnp.asarray(real_features), jnp.asarray(fake_features)
+  inside_real_balls = _map_row_blocks(_count_strictly_inside, fake_features, reals,
+                                      jnp.asarray(real_radii), batch_size=batch_size)
+  inside_fake_balls = _map_row_blocks(_count_strictly_inside, real_features, fakes,
+                                      jnp.asarray(fake_radii), batch_size=batch_size)
+  nearest_fake = _map_row_blocks(_nearest_squared_distance, real_features, fakes,
+                                 batch_size=batch_size)
+  return {'precision': float(np.mean(inside_real_balls > 0)),
+          'recall': float(np.mean(inside_fake_balls > 0)),
+          'density': float(np.mean(inside_real_balls) / k),
+          'coverage': float(np.mean(nearest_fake < real_radii))}
+
+
+# ---- small-sample honesty: bootstrap intervals and FD∞ ------------------------------------------
+# A Fréchet distance from N samples is biased upward by ≈ c/N, with c depending on the sample
+# distribution (so on w): distances from small N are not comparable across settings. Both tools
+# below hold the reference statistics fixed and resample or subsample only the sample features.
+
+
+class FrechetInterval(NamedTuple):
+  """A Fréchet distance, its basic-bootstrap interval at `confidence`, and the bootstrap replicates."""
+  fd: float
+  low: float
+  high: float
+  confidence: float
+  replicates: np.ndarray
+
+
+class FrechetInfinity(NamedTuple):
+  """FD∞ (the fit's intercept at 1/N = 0), its slope in 1/N, and the (N, FD_N) points it was fitted to."""
+  fd_infinity: float
+  slope: float
+  subset_sizes: np.ndarray
+  fds: np.ndarray
+
+
+def _psd_sqrt(matrix):
+  values, vectors = np.linalg.eigh(matrix)
+  return (vectors * np.sqrt(np.maximum(values, 0))) @ vectors.T
+
+
+def _frechet_to_fixed_reference(means, covariances, *, mu_ref, sigma_ref, root_ref):
+  """d² per leading index; tr √(Σ Σ_ref) = Σ √eig(Σ_ref^½ Σ Σ_ref^½) (both PSD), so no sqrtm."""
+  eigenvalues = np.linalg.eigvalsh(root_ref @ covariances @ root_ref)
+  trace_covmean = np.sum(np.sqrt(np.maximum(eigenvalues, 0)), axis=-1)
+  diff = means - mu_ref
+  return (np.sum(diff * diff, axis=-1) + np.trace(covariances, axis1=-2, axis2=-1)
+          + np.trace(sigma_ref) - 2 * trace_covmean)
+
+
+def _reference(features, mu_ref, sigma_ref):
+  features = np.asarray(features, np.float64)
+  if features.ndim != 2 or features.shape[0] < 3:
+    raise ValueError(f'Expected features of shape [N ≥ 3, D], got {features.shape}.')
+  mu_ref = np.asarray(mu_ref, np.float64)
+  sigma_ref = np.asarray(sigma_ref, np.float64)
+  if mu_ref.shape != features.shape[1:] or sigma_ref.shape != features.shape[1:] * 2:
+    raise ValueError(f'Reference statistics mu {mu_ref.shape}, sigma {sigma_ref.shape} do not fit '
+                     f'features {features.shape}; both need the feature dimension D.')
+  return features, mu_ref, sigma_ref, _psd_sqrt(sigma_ref)
+
+
+def frechet_distance_bootstrap(*, features, mu_ref, sigma_ref, num_resamples=200, confidence=0.95,
+                               seed=0, max_elements=1 << 24):
+  """FD of features [N, D] to the fixed reference (μ_ref, Σ_ref), with a basic-bootstrap interval.
+
+  Replicates d*_b are the FD of N rows drawn with replacement (numpy seed `seed`). The interval is
+  [2 d − q_{(1+c)/2}(d*), 2 d − q_{(1−c)/2}(d*)] (the "basic" bootstrap, lower end clipped at 0):
+  it reflects the replicates' spread about d, so it corrects the ≈ c/N upward bias of d to first
+  order, where the plain percentile interval [q_lo, q_hi] sits above d and misses the true distance.
+  Costs num_resamples covariance products of N·D² (rows summed in blocks of ≤ max_elements numbers).
+  """
+  features, mu_ref, sigma_ref, root_ref = _reference(features, mu_ref, sigma_ref)
+  num, dim = features.shape
+  mean = features.mean(axis=0)
+  centred = features - mean  # covariances are shift-invariant; centring keeps float64 sums exact
+  fd = float(_frechet_to_fixed_reference(mean, np.cov(features, rowvar=False), mu_ref=mu_ref,
+                                         sigma_ref=sigma_ref, root_ref=root_ref))
+  rng = np.random.default_rng(seed)
+  chunk = int(np.clip(max_elements // (num * dim), 1, num_resamples))
+  rows_per_block = int(max(1, max_elements // (chunk * dim)))
+  replicates = []
+  for start in range(0, num_resamples, chunk):
+    counts = rng.multinomial(num, np.full(num, 1.0 / num), size=min(chunk, num_resamples - start))
+    means = counts @ centred / num
+    second = np.zeros((counts.shape[0], dim, dim))
+    for row in range(0, num, rows_per_block):
+      block = centred[row:row + rows_per_block]
+      second += np.swapaxes(counts[:, row:row + rows_per_block, None] * block, 1, 2) @ block
+    # np.cov of the resampled rows: (Σ_i c_i x_i x_iᵀ − N μ* μ*ᵀ) / (N − 1).
+    covariances = (second - num * means[:, :, None] * means[:, None, :]) / (num - 1)
+    replicates.append(_frechet_to_fixed_reference(mean + means, covariances, mu_ref=mu_ref,
+                                                  sigma_ref=sigma_ref, root_ref=root_ref))
+  replicates = np.concatenate(replicates)
+  q_low, q_high = np.quantile(replicates, [(1 - confidence) / 2, (1 + confidence) / 2])
+  return FrechetInterval(fd=fd, low=float(max(2 * fd - q_high, 0.0)), high=float(2 * fd - q_low),
+                         confidence=confidence, replicates=replicates)
+
+
+def frechet_distance_infinity(*, features, mu_ref, sigma_ref, subset_sizes=None, num_points=15,
+                              seed=0):
+  """FD∞ (Chong & Forsyth 2020): FD_N at several N, least-squares FD_N = FD∞ + slope / N, intercept.
+
+  As the authors' code: each FD_N uses the first N rows of a fresh shuffle (numpy seed `seed`) and the
+  sizes default to num_points values evenly spaced from N_total / 10 to N_total (their 5k…50k).
+  """
+  features, mu_ref, sigma_ref, root_ref = _reference(features, mu_ref, sigma_ref)
+  num = features.shape[0]
+  if subset_sizes is None:
+    subset_sizes = np.linspace(max(num // 10, 3), num, num_points)
+  subset_sizes = np.unique(np.asarray(subset_sizes, np.int64))
+  if subset_sizes.size < 2 or subset_sizes[0] < 3 or subset_sizes[-1] > num:
+    raise ValueError(f'FD∞ needs ≥ 2 distinct subset sizes in [3, N={num}], got {subset_sizes}.')
+  rng = np.random.default_rng(seed)
+  fds = []
+  for size in subset_sizes:
+    subset = features[rng.permutation(num)[:size]]
+    fds.append(_frechet_to_fixed_reference(subset.mean(axis=0), np.cov(subset, rowvar=False),
+                                           mu_ref=mu_ref, sigma_ref=sigma_ref, root_ref=root_ref))
+  fds = np.asarray(fds, np.float64)
+  slope, intercept = np.polyfit(1.0 / subset_sizes, fds, 1)
+  return FrechetInfinity(fd_infinity=float(intercept), slope=float(slope), subset_sizes=subset_sizes,
+                         fds=fds)
