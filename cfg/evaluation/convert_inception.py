@@ -8,11 +8,12 @@ maps them onto the Flax module and checks every name and shape. Only this file i
 inside `convert`, so the rest of the project (and this module's import) runs without it.
 """
 
-import argparse
-import hashlib
 import sys
 
 import numpy as np
+
+from cfg.evaluation.torch_weights import converter_main
+from cfg.evaluation.torch_weights import file_sha256
 
 TORCH_WEIGHTS_FILE = 'pt_inception-2015-12-05-6726825d.pth'
 TORCH_WEIGHTS_URL = ('https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/'
@@ -21,14 +22,6 @@ CONVERT_COMMAND = ('python -m cfg.evaluation.convert_inception '
                    f'--torch_weights={TORCH_WEIGHTS_FILE} --out=inception_fid.npz')
 # torch hub names a file <name>-<first 8 hex digits of its sha256>.pth.
 EXPECTED_SHA256_PREFIX = '6726825d'
-
-
-def file_sha256(path):
-  digest = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for chunk in iter(lambda: f.read(1 << 20), b''):
-      digest.update(chunk)
-  return digest.hexdigest()
 
 
 def state_dict_to_arrays(state_dict):
@@ -57,12 +50,8 @@ def convert(*, torch_weights, out):
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--torch_weights', required=True, help=f'path to {TORCH_WEIGHTS_FILE}')
-  parser.add_argument('--out', required=True, help='path of the .npz to write')
-  args = parser.parse_args(argv)
-  sha256 = convert(torch_weights=args.torch_weights, out=args.out)
-  print(f'wrote {args.out} from {args.torch_weights} (sha256 {sha256})')
+  converter_main(convert, description=__doc__.splitlines()[0], weights_file=TORCH_WEIGHTS_FILE,
+                 argv=argv)
 
 
 if __name__ == '__main__':

@@ -15,7 +15,6 @@ GPUs/TPUs do not silently use TF32/bf16 passes for FID features.
 """
 
 import functools
-import os
 
 import flax.linen as nn
 import jax
@@ -23,7 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from cfg.evaluation import batches
 from cfg.evaluation import synthetic_weights
+from cfg.evaluation import torch_weights
 from cfg.evaluation.convert_inception import CONVERT_COMMAND
 from cfg.evaluation.convert_inception import TORCH_WEIGHTS_FILE
 from cfg.evaluation.convert_inception import TORCH_WEIGHTS_URL
@@ -230,22 +231,8 @@ def compute_features(variables, image_batches, *, batch_size):
 
   Short batches are padded to batch_size (and the padding dropped) so the network compiles once.
   """
-  pool3s, logits_list = [], []
-  for images in image_batches:
-    images = np.asarray(images)
-    count = images.shape[0]
-    if count == 0:
-      continue
-    if count > batch_size:
-      raise ValueError(f'Got a batch of {count} images, more than batch_size={batch_size}; '
-                       'split the input into smaller batches or raise batch_size.')
-    padded = np.concatenate([images, np.repeat(images[-1:], batch_size - count, axis=0)])
-    pool3, logits = inception_features(variables, padded)
-    pool3s.append(np.asarray(pool3[:count]))
-    logits_list.append(np.asarray(logits[:count]))
-  if not pool3s:
-    raise ValueError('compute_features got no images.')
-  return np.concatenate(pool3s), np.concatenate(logits_list)
+  return batches.map_padded(functools.partial(inception_features, variables), image_batches,
+                            batch_size=batch_size)
 
 
 # ---- weights ------------------------------------------------------------------------------------
@@ -261,61 +248,34 @@ def _torch_name(flat_key):
   return '.'.join(path + [_FLAX_TO_TORCH_LEAF[(collection, leaf)]])
 
 
-def _torch_layout_shape(flax_shape):
-  """Conv [kh, kw, in, out] ↦ torch [out, in, kh, kw]; Dense [in, out] ↦ [out, in]; vectors as is."""
-  if len(flax_shape) == 4:
-    return tuple(flax_shape[i] for i in (3, 2, 0, 1))
-  return tuple(reversed(flax_shape))
-
-
-def _from_torch_layout(array):
-  """Inverse of `_torch_layout_shape` on the values."""
-  if array.ndim == 4:
-    return np.transpose(array, (2, 3, 1, 0))
-  return np.transpose(array)
-
-
 @functools.cache
 def _abstract_variables():
   x = jax.ShapeDtypeStruct((1, INCEPTION_IMAGE_SIZE, INCEPTION_IMAGE_SIZE, 3), jnp.float32)
   return jax.eval_shape(FidInceptionV3().init, jax.random.key(0), x)
 
 
+def _flax_shapes():
+  return {key: leaf.shape for key, leaf in traverse_util.flatten_dict(_abstract_variables()).items()}
+
+
 def expected_state_dict_shapes():
   """{pytorch-fid state-dict name: torch-layout shape} for every tensor this module uses."""
-  flat = traverse_util.flatten_dict(_abstract_variables())
-  return {_torch_name(key): _torch_layout_shape(leaf.shape) for key, leaf in flat.items()}
+  return {_torch_name(key): torch_weights.torch_layout_shape(shape)
+          for key, shape in _flax_shapes().items()}
 
 
 def variables_from_state_dict(state_dict):
   """Flax variables from {pytorch-fid name: torch-layout array} (fc.bias and BN counters unused)."""
-  flat = traverse_util.flatten_dict(_abstract_variables())
-  missing = [_torch_name(key) for key in flat if _torch_name(key) not in state_dict]
-  if missing:
-    raise ValueError(f'Inception weights lack {len(missing)} of {len(flat)} tensors, e.g. '
-                     f'{missing[:3]}; convert {TORCH_WEIGHTS_FILE} with `{CONVERT_COMMAND}`.')
-  variables = {}
-  for key, leaf in flat.items():
-    name = _torch_name(key)
-    array = np.asarray(state_dict[name], dtype=np.float32)
-    if array.shape != _torch_layout_shape(leaf.shape):
-      raise ValueError(f'Inception weight {name} has shape {array.shape}, expected '
-                       f'{_torch_layout_shape(leaf.shape)} (pytorch-fid layout).')
-    variables[key] = jnp.asarray(_from_torch_layout(array))
-  return traverse_util.unflatten_dict(variables)
+  arrays = torch_weights.arrays_from_state_dict(
+      state_dict, _flax_shapes(), _torch_name, network='Inception',
+      hint=f'convert {TORCH_WEIGHTS_FILE} with `{CONVERT_COMMAND}`')
+  return traverse_util.unflatten_dict({key: jnp.asarray(array) for key, array in arrays.items()})
 
 
 def load_inception_params(path):
   """Flax variables of the FID InceptionV3 from the .npz written by `convert_inception`."""
-  path = os.fspath(path)
-  how = (f'Download {TORCH_WEIGHTS_URL} and convert it once (needs torch) with `{CONVERT_COMMAND}`, '
-         'then point the inception weights path at the .npz.')
-  if path.endswith('.pth'):
-    raise ValueError(f'{path} is the PyTorch weights file; this network reads the converted .npz. {how}')
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'No Inception weights at {path}. {how}')
-  with np.load(path) as npz:
-    return variables_from_state_dict(dict(npz))
+  return variables_from_state_dict(torch_weights.read_converted_npz(
+      path, network='Inception', url=TORCH_WEIGHTS_URL, convert_command=CONVERT_COMMAND))
 
 
 def synthetic_inception_variables(*, seed=0):
