@@ -1,19 +1,33 @@
-"""Classifier-free guidance (paper Eq. 6).
+"""Guidance methods: how the conditional and the guiding branch make one guided prediction.
 
-Convention used throughout the code: the guidance *weight* w of the paper,
+Convention used throughout the code: the guidance *weight* w of the paper (Eq. 6),
 
     ε̃ = (1 + w) ε(z, c) − w ε(z, ∅),
 
 so w = 0 is the plain conditional model and w = −1 the unconditional one. Most later work
-(diffusers, EDM, guidance interval, autoguidance) writes the *scale* s = 1 + w:
+(diffusers, EDM, guidance interval, autoguidance, APG) writes the *scale* s = 1 + w:
 ε̃ = ε_u + s (ε_c − ε_u). `scale_from_weight` converts for display.
 
 The null label ∅ is the extra class index `num_classes` (the model has num_classes + 1
 label embeddings).
+
+The seam (`cfg/samplers.py` drives it): at a guided level a `pair` gives both branches — (ε_c, ε_u)
+from ONE network call of batch 2B for CFG, or the main and the guide network's ε for autoguidance —
+as `Branches(main, ref)` of `Pred(eps, x)`. A `Method` combines them into one `Pred` (and carries an
+optional state through the sampler's scan); `Pred.eps` is also the direction a solver re-noises with,
+which is how CFG++ differs from CFG. Every continuous knob lives in `GuidanceParams`, a NamedTuple of
+traced scalars (w may be [B]), so a sweep over any of them never recompiles and `vmap`s.
 """
 
+import dataclasses
+import functools
+import math
+from typing import Callable, NamedTuple, Tuple
+
+import jax
 import jax.numpy as jnp
 
+from cfg import diffusion
 from cfg.diffusion import broadcast_from_left
 
 
@@ -42,3 +56,237 @@ def guided_eps(denoise, z, logsnr, labels, *, guidance_weight, null_label):
   eps_cond, eps_uncond = conditional_and_unconditional_eps(
       denoise, z, logsnr, labels, null_label=null_label)
   return combine(eps_cond=eps_cond, eps_uncond=eps_uncond, guidance_weight=guidance_weight)
+
+
+# ----------------------------------------------------------------------------------------------
+# Types of the seam.
+
+class Pred(NamedTuple):
+  """One prediction at (z, λ): x̂ and the ε a solver steps (and re-noises) with."""
+  eps: jax.Array
+  x: jax.Array
+
+
+class Branches(NamedTuple):
+  """Both branches at a guided level: `main` = ε(z, c); `ref` = ε(z, ∅) or the guide network's ε(z, c)."""
+  main: Pred
+  ref: Pred
+
+
+class GuidanceParams(NamedTuple):
+  """Traced guidance knobs; each default is a no-op. Leaves are scalars (w may also be [B]).
+
+  w: the weight (s = 1 + w). logsnr_lo, logsnr_hi: the guidance interval in λ (EDM's σ ∈ (σ_lo, σ_hi]
+  is λ ∈ [−2 log σ_hi, −2 log σ_lo)). rescale: φ. percentile: p of dynamic thresholding. apg_eta,
+  apg_norm_cap, apg_beta: APG's η, r, β. step_u: the step of the `step` schedule (guide for u ≤ step_u).
+  """
+  w: jax.Array = 0.0
+  logsnr_lo: jax.Array = -math.inf
+  logsnr_hi: jax.Array = math.inf
+  rescale: jax.Array = 0.0
+  percentile: jax.Array = 99.5
+  apg_eta: jax.Array = 1.0
+  apg_norm_cap: jax.Array = math.inf
+  apg_beta: jax.Array = 0.0
+  step_u: jax.Array = 0.5
+
+
+def as_float32(params):
+  """`params` with every leaf a float32 array (the form the sampler traces)."""
+  return GuidanceParams(*(jnp.asarray(leaf, jnp.float32) for leaf in params))
+
+
+def as_pred(*, z, eps, logsnr):
+  """Pred(ε, x̂ = (z − σ ε)/α)."""
+  return Pred(eps=eps, x=diffusion.x_from_eps(z=z, eps=eps, logsnr=logsnr))
+
+
+def _pred_from_x(*, z, x, logsnr):
+  """Pred(ε̂ = (z − α x̂)/σ, x̂)."""
+  return Pred(eps=diffusion.eps_from_x(z=z, x=x, logsnr=logsnr), x=x)
+
+
+# ----------------------------------------------------------------------------------------------
+# Where the branches come from: `pair(z, λ [B], labels [B]) -> (ε_main, ε_ref)`.
+
+def cfg_pair(denoise, *, null_label):
+  """(ε(z, c), ε(z, ∅)) from one call of batch 2B (`conditional_and_unconditional_eps`)."""
+  return functools.partial(conditional_and_unconditional_eps, denoise, null_label=null_label)
+
+
+def network_pair(denoise, guide_denoise):
+  """(ε_main(z, c), ε_guide(z, c)): two networks, two calls, the same z, λ and labels (autoguidance)."""
+  return lambda z, logsnr, labels: (denoise(z, logsnr, labels), guide_denoise(z, logsnr, labels))
+
+
+# ----------------------------------------------------------------------------------------------
+# Weight functions w(λ): `(*, params, logsnr) -> w`.
+
+def constant_weight(*, params, logsnr):
+  """w(λ) = w."""
+  del logsnr
+  return params.w
+
+
+def interval_weight(*, params, logsnr):
+  """w(λ) = w · 1[λ_lo ≤ λ ≤ λ_hi] (Kynkäänniemi et al. 2024; outside, the conditional model)."""
+  inside = (params.logsnr_lo <= logsnr) & (logsnr <= params.logsnr_hi)
+  return jnp.where(inside, params.w, jnp.zeros_like(params.w))
+
+
+def _u(logsnr):
+  """u(λ) on the default truncated-cosine range (u = 1 at λ_min, the noise end; 0 at λ_max)."""
+  return diffusion.u_from_logsnr(logsnr)
+
+
+def linear_weight(*, params, logsnr):
+  """w(λ) = 2 w (1 − u(λ)): rises toward the clean end, mean w over u (Wang et al. 2024)."""
+  return params.w * 2.0 * (1.0 - _u(logsnr))
+
+
+def cosine_weight(*, params, logsnr):
+  """w(λ) = w (1 + cos π u(λ)): rises toward the clean end, mean w over u (Wang et al. 2024)."""
+  return params.w * (1.0 + jnp.cos(jnp.pi * _u(logsnr)))
+
+
+def step_weight(*, params, logsnr):
+  """w(λ) = w · 1[u(λ) ≤ step_u]: guided on the clean part of the trajectory only."""
+  return jnp.where(_u(logsnr) <= params.step_u, params.w, jnp.zeros_like(params.w))
+
+
+SCHEDULES = {'constant': constant_weight, 'linear': linear_weight, 'cosine': cosine_weight,
+             'step': step_weight}
+
+
+# ----------------------------------------------------------------------------------------------
+# Combine functions: `(*, branches, state, w, params, z, logsnr) -> (Pred, state)`.
+
+def _per_example_w(w, like):
+  return broadcast_from_left(w, like.shape).astype(like.dtype)
+
+
+def _dot(a, b):
+  """⟨a, b⟩ per example, shaped to broadcast against a."""
+  return broadcast_from_left(jnp.sum(a * b, axis=tuple(range(1, a.ndim))), a.shape)
+
+
+def cfg(*, branches, state, w, params, z, logsnr):
+  """ε̃ = (1 + w) ε_c − w ε_u, x̃ = (z − σ ε̃)/α   (paper Eq. 6)."""
+  del params
+  eps = combine(eps_cond=branches.main.eps, eps_uncond=branches.ref.eps, guidance_weight=w)
+  return as_pred(z=z, eps=eps.astype(z.dtype), logsnr=logsnr), state
+
+
+def cfg_pp(*, branches, state, w, params, z, logsnr):
+  """x̃ = x̂((1 + w) ε_c − w ε_u), re-noised with ε_u: z' = α' x̃ + σ' ε_u   (Chung et al. 2024).
+
+  CFG++'s λ ∈ [0, 1] is s = 1 + w, so w ∈ [−1, 0]; w = 0 is the conditional model's x̂.
+  """
+  guided, state = cfg(branches=branches, state=state, w=w, params=params, z=z, logsnr=logsnr)
+  return Pred(eps=branches.ref.eps, x=guided.x), state
+
+
+def cfg_zero_star(*, branches, state, w, params, z, logsnr):
+  """s* = ⟨ε_c, ε_u⟩/‖ε_u‖² per example; ε̃ = (1 + w) ε_c − w s* ε_u   (Fan et al. 2025, in ε).
+
+  The paper's zero-init (the first steps output zero velocity) is left out: for flow velocity it
+  keeps z at the noise, for ε-prediction a zero ε would instead jump x̂ to z/α, not the same thing.
+  """
+  del params
+  main, ref = branches.main.eps, branches.ref.eps
+  scale = _dot(main, ref) / _dot(ref, ref)
+  return as_pred(z=z, eps=(1.0 + _per_example_w(w, main)) * main
+                 - _per_example_w(w, main) * scale * ref, logsnr=logsnr), state
+
+
+def apg(*, branches, state, w, params, z, logsnr):
+  """Adaptive projected guidance in x̂ space (Sadat et al. 2024, order of diffusers):
+
+  Δ = x_c − x_u + β Δ₋ (state Δ₋, zero at the start);  Δ_r = Δ · min(1, r/‖Δ‖);
+  Δ∥ = ⟨Δ_r, x_c⟩/⟨x_c, x_c⟩ x_c,  Δ⊥ = Δ_r − Δ∥;  x̃ = x_c + w (Δ⊥ + η Δ∥).   η = 1, r = ∞, β = 0: CFG.
+  """
+  main = branches.main.x
+  delta = main - branches.ref.x + params.apg_beta * state
+  norm = jnp.sqrt(_dot(delta, delta))
+  capped = delta * jnp.minimum(1.0, params.apg_norm_cap / norm)
+  parallel = _dot(capped, main) / _dot(main, main) * main
+  x = main + _per_example_w(w, main) * (capped - parallel + params.apg_eta * parallel)
+  return _pred_from_x(z=z, x=x, logsnr=logsnr), delta
+
+
+# ----------------------------------------------------------------------------------------------
+# Post-processing of the guided prediction: `(*, pred, branches, params, z, logsnr) -> Pred`.
+
+def _std(x):
+  """Per-example standard deviation over the non-batch axes, shaped to broadcast against x."""
+  return broadcast_from_left(jnp.std(x, axis=tuple(range(1, x.ndim))), x.shape)
+
+
+def rescaled(*, pred, branches, params, z, logsnr):
+  """ε̂ = φ ε̃ std(ε_c)/std(ε̃) + (1 − φ) ε̃, per-example std (Lin et al. 2023, applied to ε as diffusers)."""
+  phi = params.rescale
+  eps = phi * pred.eps * (_std(branches.main.eps) / _std(pred.eps)) + (1.0 - phi) * pred.eps
+  return as_pred(z=z, eps=eps, logsnr=logsnr)
+
+
+def dynamic_threshold(*, pred, branches, params, z, logsnr):
+  """s = max(1, P_p(|x̃|)) per example; x̃ ← clip(x̃, −s, s)/s; ε̂ = (z − α x̃)/σ   (Imagen)."""
+  del branches
+  flat = jnp.abs(pred.x).reshape(pred.x.shape[0], -1)
+  scale = jnp.maximum(1.0, jnp.percentile(flat, params.percentile, axis=1))
+  scale = broadcast_from_left(scale, pred.x.shape)
+  return _pred_from_x(z=z, x=jnp.clip(pred.x, -scale, scale) / scale, logsnr=logsnr)
+
+
+def no_state(*, z):
+  """No method state: an empty pytree in the scan carry."""
+  del z
+  return ()
+
+
+def zero_state(*, z):
+  """A state shaped like z, zero at the start (APG's running Δ)."""
+  return jnp.zeros_like(z)
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """A guidance method: static and hashable; its numbers live in GuidanceParams.
+
+  combine: the two branches → guided Pred (and state). init: the state at the start of sampling.
+  post: functions applied to the guided Pred in order. weight: w(λ). renoise_ref: the solver must
+  step with Pred.eps (CFG++ puts ε_u there). skip_outside_interval: the guiding branch is not
+  evaluated at levels outside [logsnr_lo, logsnr_hi] (there the conditional model alone is used).
+  """
+  combine: Callable = cfg
+  init: Callable = no_state
+  post: Tuple[Callable, ...] = ()
+  weight: Callable = constant_weight
+  renoise_ref: bool = False
+  skip_outside_interval: bool = False
+
+
+METHODS = {
+    'cfg': Method(),
+    # The per-level plan decides (samplers.guidance_plan); at a guided level w itself applies, so
+    # Heun's two evaluations of one level are guided alike. interval_weight is the no-skip form.
+    'interval': Method(skip_outside_interval=True),
+    'schedule': Method(),  # the weight function comes from guidance.schedule (`get_method`)
+    'rescale': Method(post=(rescaled,)),
+    'threshold': Method(post=(dynamic_threshold,)),
+    'apg': Method(combine=apg, init=zero_state),
+    'cfgpp': Method(combine=cfg_pp, renoise_ref=True),
+    'cfg_zero_star': Method(combine=cfg_zero_star),
+    'autoguidance': Method(),  # CFG's lerp against a guide network: D = D_0 + s (D_1 − D_0)
+}
+
+
+def get_method(name, *, schedule='constant'):
+  """The Method called `name`; `schedule` names w(λ) for the 'schedule' method."""
+  if name not in METHODS:
+    raise ValueError(f'Unknown guidance method {name!r}; choose one of {sorted(METHODS)}.')
+  if schedule not in SCHEDULES:
+    raise ValueError(f'Unknown guidance schedule {schedule!r}; choose one of {sorted(SCHEDULES)}.')
+  if name == 'schedule':
+    return dataclasses.replace(METHODS[name], weight=SCHEDULES[schedule])
+  return METHODS[name]

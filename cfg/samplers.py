@@ -1,53 +1,55 @@
-"""Guided samplers: ancestral (paper Algorithm 2) and DDIM (η = 0), each one `lax.scan`.
+"""Guided sampling: any guidance method (`cfg/guidance.py`) × any solver (`cfg/solvers.py`), one `lax.scan`.
 
-Both walk the increasing log-SNR grid λ_1 = λ_min < … < λ_T = λ_max of
-`cfg.diffusion.sampling_grid` with ONE network evaluation per level (T in total): at level t
-the guided ε̃ gives x̃ = (z − σ ε̃)/α, which sets the next z; the last level returns x̃.
+The loop walks an increasing log-SNR grid λ_1 = λ_min < … < λ_T = λ_max (`sampling.grid`:
+Algorithm 2's uniform u by default). At every level the solver asks `predict` for a prediction;
+`predict` either evaluates both branches (ε_c and ε_u from ONE call of batch 2B, or the main and the
+guide network for autoguidance) and lets the method combine them, or — at a level where the method
+does not guide — evaluates the conditional model alone. For methods that skip (the guidance
+interval), that choice is a per-level boolean in the scan's inputs, and `lax.cond` on it means the
+unconditional call is really not executed there. The flag does not depend on any vmapped value
+(unless the interval bounds themselves are swept), so a `vmap` over w keeps the `cond`.
 
 Guidance uses the paper's weight w (w = 0: conditional model; the "scale" of later work is
-s = 1 + w). `guidance_weight` is always traced data, a scalar or one per example [B], so a
-sweep over w never recompiles; `num_steps`, `image_shape`, `null_label`, `guide` and `clip_x`
-are static. The loop is one scan, so compile time does not grow with T.
+s = 1 + w). `GuidanceParams` (w scalar or [B]; the others scalars) are traced data, so changing any of
+them never recompiles; `num_steps`, `image_shape`, `null_label`, `method`, `solver`, `grid`, `guide`
+and `clip_x` are static. The loop is one scan, so compile time does not grow with T.
 
 Noise: example i draws from k_i = fold_in(key, example_ids[i]) (initial z from
 fold_in(k_i, 0), step t's noise from fold_in(k_i, t + 1)). `example_ids` are global example
 indices, so a sample does not depend on how its batch was split across calls or devices.
 
-Arguments shared by `ancestral_sample` and `ddim_sample`:
-  denoise: ε(z [B, *image_shape], λ [B], labels [B]) -> ε; called once per level, with batch
-    2B ([c; ∅]) when `guide`, else with batch B and the labels alone (guidance_weight unused).
-  key: PRNG key. labels: int [B]. image_shape: static shape of one example, e.g. (28, 28, 1).
-  num_steps: static T >= 1 (levels = network evaluations). null_label: static index of ∅.
-  guidance_weight: w, scalar or [B], traced. clip_x: static, clip x̃ to [−1, 1].
-  guide: static, False samples the conditional model alone. logsnr_min, logsnr_max: grid ends.
-  example_ids: int [B] global example indices (default arange(B)).
-  Returns x̂ with shape [B, *image_shape].
+Network evaluations per image (`count_evaluations`): ancestral T, DDIM and DPM-Solver++ T − 1,
+Heun 2(T − 1), each doubled at guided levels (a guided 2B call counts 2, a skipped one 1).
 
 Jitting: keep the network parameters an argument so they are not baked into the program, e.g.
 
   @jax.jit
-  def sample(params, key, labels, guidance_weight):
-    return ancestral_sample(functools.partial(model.apply, params), key=key, labels=labels,
-                            guidance_weight=guidance_weight, image_shape=(28, 28, 1),
-                            num_steps=256, null_label=num_classes)
+  def run(params, key, labels, guidance_weight):
+    return sample(functools.partial(model.apply, params), key=key, labels=labels,
+                  params=GuidanceParams(w=guidance_weight), image_shape=(28, 28, 1),
+                  num_steps=256, null_label=num_classes, solver='ancestral')
 """
 
+import functools
 import numbers
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from cfg import diffusion
-from cfg.guidance import guided_eps
+from cfg import diffusion, guidance, solvers
+from cfg.guidance import Branches, GuidanceParams, Pred
+from cfg.solvers import Carry, Level, SolverParams
 
 
-def _validate(*, labels, image_shape, num_steps, guidance_weight, example_ids,
-              logsnr_min, logsnr_max, variance_interp=0.0):
+def _validate(*, labels, image_shape, num_steps, params, example_ids, logsnr_min, logsnr_max,
+              solver_params):
   """Raises ValueError naming the bad argument; shapes only, so it also runs under jit."""
   if isinstance(num_steps, bool) or not isinstance(num_steps, numbers.Integral):
     raise ValueError(f'num_steps must be a Python int (it is static), got {num_steps!r}.')
-  if num_steps < 1:
-    raise ValueError(f'num_steps must be >= 1 (network evaluations), got {num_steps}.')
+  if num_steps < 2:
+    raise ValueError(f'num_steps must be >= 2 (grid levels from λ_min to λ_max), got {num_steps}.')
   if (not isinstance(image_shape, (tuple, list)) or not image_shape
       or not all(isinstance(d, numbers.Integral) and d > 0 for d in image_shape)):
     raise ValueError(f'image_shape must be a tuple of positive ints like (28, 28, 1), '
@@ -55,17 +57,33 @@ def _validate(*, labels, image_shape, num_steps, guidance_weight, example_ids,
   if jnp.ndim(labels) != 1:
     raise ValueError(f'labels must have shape [B], got shape {jnp.shape(labels)}.')
   batch = jnp.shape(labels)[0]
-  if jnp.shape(guidance_weight) not in ((), (batch,)):
+  if jnp.shape(params.w) not in ((), (batch,)):
     raise ValueError(f'guidance_weight must be a scalar or have shape [B] = ({batch},), got '
-                     f'shape {jnp.shape(guidance_weight)}; sweep weights with sample_sweep.')
+                     f'shape {jnp.shape(params.w)}; sweep weights with sample_sweep.')
+  for name, leaf in zip(GuidanceParams._fields[1:], params[1:]):
+    if jnp.shape(leaf) != ():
+      raise ValueError(f'guidance parameter {name} must be a scalar (one value per level for the '
+                       f'whole batch), got shape {jnp.shape(leaf)}; sweep it with sample_sweep.')
   if example_ids is not None and jnp.shape(example_ids) != (batch,):
     raise ValueError(f'example_ids must have the shape of labels ({batch},), got shape '
                      f'{jnp.shape(example_ids)}.')
   if (isinstance(logsnr_min, numbers.Real) and isinstance(logsnr_max, numbers.Real)
       and not logsnr_min < logsnr_max):
     raise ValueError(f'logsnr_min must be < logsnr_max, got {logsnr_min} and {logsnr_max}.')
-  if isinstance(variance_interp, numbers.Real) and not 0.0 <= variance_interp <= 1.0:
-    raise ValueError(f'variance_interp must lie in [0, 1], got {variance_interp}.')
+  v, eta = solver_params
+  if isinstance(v, numbers.Real) and not 0.0 <= v <= 1.0:
+    raise ValueError(f'variance_interp must lie in [0, 1], got {v}.')
+  if isinstance(eta, numbers.Real) and not 0.0 <= eta <= 1.0:
+    raise ValueError(f'eta (DDIM) must lie in [0, 1], got {eta}.')
+
+
+def _check_combination(method, solver, *, guide, has_guide_network):
+  if method.renoise_ref and not solver.renoises_with_eps:
+    raise ValueError('CFG++ (guidance.method=cfgpp) needs a solver that re-noises with ε '
+                     '(sampling.sampler=ddim); ancestral, dpmpp_2m and heun step with x̂ or a second '
+                     'evaluation, where CFG++ is not defined.')
+  if method is guidance.METHODS['autoguidance'] and guide and not has_guide_network:
+    raise ValueError('autoguidance needs a guide network (guide_denoise; guidance.guide_workdir).')
 
 
 def _example_keys(key, example_ids):
@@ -79,143 +97,208 @@ def _example_noise(example_keys, index, image_shape):
       lambda k: jax.random.normal(jax.random.fold_in(k, index), image_shape))(example_keys)
 
 
-def _grid_pairs(num_steps, *, logsnr_min, logsnr_max):
-  """(λ_t, λ_{t+1}) for t = 1..T; the last level's λ_{T+1} is a dummy above λ_max.
+def _levels(grid, *, evaluates_last_level):
+  """(λ_t, λ_{t+1}) per scan step. Walking all T levels, the last λ_{T+1} is a dummy above λ_max:
+  the step after the last level is computed and discarded, which keeps the loop one scan with one
+  network call site, and a dummy λ_{T+1} > λ_T keeps that discarded step finite."""
+  if evaluates_last_level:
+    return grid, jnp.append(grid[1:], grid[-1] + 1.0)
+  return grid[:-1], grid[1:]
 
-  The step after the last level is computed and discarded: it keeps the loop one scan with one
-  network evaluation per level (the network is traced once), and a dummy λ_{T+1} > λ_T keeps
-  that discarded step finite.
+
+def guidance_plan(logsnrs, *, logsnr_lo, logsnr_hi):
+  """guided[t] = λ_lo ≤ λ_t ≤ λ_hi: the levels whose guiding branch runs (numpy or traced).
+
+  A bound within 1e-4 (1 + |bound|) of a level counts that level in: the float32 grid's ends miss
+  λ_min and λ_max by ~1e-3 (λ_1 = −20.0011), and an interval given as [λ_min, λ_max] means all.
   """
-  grid = diffusion.sampling_grid(num_steps, logsnr_min=logsnr_min, logsnr_max=logsnr_max)
-  return grid, jnp.append(grid[1:], grid[-1] + 1.0)
+  slack = lambda bound: 1e-4 * (1.0 + abs(bound))
+  return (logsnr_lo - slack(logsnr_lo) <= logsnrs) & (logsnrs <= logsnr_hi + slack(logsnr_hi))
 
 
-def _predict(denoise, z, logsnr, labels, *, guidance_weight, null_label, guide, clip_x):
-  """(x̃, ε̂) at one level: x̃ = (z − σ ε̃)/α, optionally clipped to [−1, 1] with ε̂ recomputed."""
-  logsnr = jnp.full(labels.shape, logsnr, dtype=z.dtype)
-  if guide:
-    eps = guided_eps(denoise, z, logsnr, labels, guidance_weight=guidance_weight,
-                     null_label=null_label)
-  else:
-    eps = denoise(z, logsnr, labels)
-  eps = eps.astype(z.dtype)
-  x = diffusion.x_from_eps(z=z, eps=eps, logsnr=logsnr)
-  if clip_x:
-    x = jnp.clip(x, -1.0, 1.0)
-    eps = diffusion.eps_from_x(z=z, x=x, logsnr=logsnr)
-  return x, eps
+def _clip_x(*, pred, z, logsnr):
+  """x̃ ← clip(x̃, −1, 1), ε̂ = (z − α x̃)/σ recomputed."""
+  x = jnp.clip(pred.x, -1.0, 1.0)
+  return Pred(eps=diffusion.eps_from_x(z=z, x=x, logsnr=logsnr), x=x)
 
 
-def ancestral_step(*, z, x, logsnr, logsnr_next, variance_interp, noise):
-  """z' = μ̃(z, x̃) + ((σ̃²)^{1−v} (σ²_{λ|λ'})^v)^{1/2} ε   (paper Algorithm 2)."""
-  mean, posterior_variance = diffusion.posterior(
-      z=z, x=x, logsnr=logsnr, logsnr_next=logsnr_next)
-  log_variance = ((1.0 - variance_interp) * jnp.log(posterior_variance) + variance_interp
-                  * jnp.log(diffusion.transition_variance(logsnr=logsnr, logsnr_next=logsnr_next)))
-  return mean + diffusion.broadcast_from_left(jnp.exp(0.5 * log_variance), z.shape) * noise
+def _predictor(denoise, pair, method, *, labels, params, clip_x, guide):
+  """predict(z, λ, state, guided) -> (Pred, state); `guided` None means "guide" at every level."""
+
+  def finish(pred, z, logsnr):
+    return _clip_x(pred=pred, z=z, logsnr=logsnr) if clip_x else pred
+
+  def main_only(z, logsnr, state):
+    eps = denoise(z, logsnr, labels).astype(z.dtype)
+    return finish(guidance.as_pred(z=z, eps=eps, logsnr=logsnr), z, logsnr), state
+
+  def with_ref(z, logsnr, state):
+    eps_main, eps_ref = pair(z, logsnr, labels)
+    branches = Branches(guidance.as_pred(z=z, eps=eps_main, logsnr=logsnr),
+                        guidance.as_pred(z=z, eps=eps_ref, logsnr=logsnr))
+    w = method.weight(params=params, logsnr=logsnr)
+    pred, state = method.combine(branches=branches, state=state, w=w, params=params, z=z,
+                                 logsnr=logsnr)
+    for post in method.post:
+      pred = post(pred=pred, branches=branches, params=params, z=z, logsnr=logsnr)
+    pred = Pred(eps=pred.eps.astype(z.dtype), x=pred.x.astype(z.dtype))
+    return finish(pred, z, logsnr), state
+
+  def predict(z, logsnr, state, guided):
+    logsnr = jnp.full(labels.shape, logsnr, dtype=z.dtype)
+    if not guide:
+      return main_only(z, logsnr, state)
+    if guided is None:
+      return with_ref(z, logsnr, state)
+    # XLA Conditional: at an unguided level the guiding branch is not executed.
+    return jax.lax.cond(guided, with_ref, main_only, z, logsnr, state)
+
+  return predict
 
 
-def ddim_step(*, x, eps, logsnr_next):
-  """z' = α_λ' x̃ + σ_λ' ε̂   (DDIM, η = 0)."""
-  alpha_next, sigma_next = diffusion.alpha_sigma(
-      diffusion.broadcast_from_left(logsnr_next, x.shape))
-  return alpha_next * x + sigma_next * eps
+def sample(denoise, *, key, labels, image_shape, num_steps, null_label, params=None,
+           guidance_weight=None, method='cfg', solver='ancestral', grid='uniform_u',
+           solver_params=SolverParams(), guide_denoise=None, clip_x=False, guide=True,
+           logsnr_min=diffusion.LOGSNR_MIN, logsnr_max=diffusion.LOGSNR_MAX, example_ids=None):
+  """x̂ [B, *image_shape] from z ~ N(0, I) at λ_min: one guided prediction (or two, Heun) per level.
 
-
-def _sample(update, denoise, *, key, labels, image_shape, num_steps, null_label,
-            guidance_weight, clip_x, guide, logsnr_min, logsnr_max, example_ids):
-  """z ~ N(0, I) at λ_min; per level x̃, ε̂ and z' = update(...); returns the last level's x̃."""
+  denoise: ε(z [B, *image_shape], λ [B], labels [B]) -> ε; called with batch 2B ([c; ∅]) at guided
+    levels, else with batch B and the labels alone. guide_denoise: the guide network of autoguidance
+    (then both networks are called with batch B, the same z, λ and labels).
+  params: GuidanceParams (or `guidance_weight`, w alone), traced. method / solver / grid: names in
+    guidance.METHODS / solvers.SOLVERS / solvers.GRIDS, or Method / Solver objects.
+  solver_params: SolverParams(variance_interp v, eta η); Python floats are static, arrays traced.
+  num_steps: static T >= 2 grid levels. null_label: static index of ∅. clip_x: static, clip x̃ to
+  [−1, 1]. guide: static, False samples the conditional model alone. logsnr_min, logsnr_max: the grid
+  ends. example_ids: int [B] global example indices (default arange(B)).
+  """
+  method = guidance.get_method(method) if isinstance(method, str) else method
+  solver = solvers.get_solver(solver) if isinstance(solver, str) else solver
+  grid_fn = solvers.get_grid(grid) if isinstance(grid, str) else grid
+  if params is None:
+    params = GuidanceParams(w=0.0 if guidance_weight is None else guidance_weight)
+  elif guidance_weight is not None:
+    raise ValueError('give either params or guidance_weight, not both.')
+  solver_params = SolverParams(*solver_params)
+  _validate(labels=labels, image_shape=image_shape, num_steps=num_steps, params=params,
+            example_ids=example_ids, logsnr_min=logsnr_min, logsnr_max=logsnr_max,
+            solver_params=solver_params)
+  _check_combination(method, solver, guide=guide, has_guide_network=guide_denoise is not None)
   labels = jnp.asarray(labels, jnp.int32)
   if example_ids is None:
     example_ids = jnp.arange(labels.shape[0])
   example_keys = _example_keys(key, example_ids)
   image_shape = tuple(image_shape)
-  guidance_weight = jnp.asarray(guidance_weight, jnp.float32)
-  logsnrs, logsnrs_next = _grid_pairs(num_steps, logsnr_min=logsnr_min, logsnr_max=logsnr_max)
+  params = guidance.as_float32(params)
+  pair = (guidance.network_pair(denoise, guide_denoise) if guide_denoise is not None
+          else guidance.cfg_pair(denoise, null_label=null_label))
+  predict = _predictor(denoise, pair, method, labels=labels, params=params, clip_x=clip_x,
+                       guide=guide)
 
-  def level(carry, inputs):
-    z, _ = carry
-    step, logsnr, logsnr_next = inputs
-    x, eps = _predict(denoise, z, logsnr, labels, guidance_weight=guidance_weight,
-                      null_label=null_label, guide=guide, clip_x=clip_x)
-    draw_noise = lambda: _example_noise(example_keys, step + 1, image_shape)
-    z_next = update(z=z, x=x, eps=eps, logsnr=logsnr, logsnr_next=logsnr_next,
-                    draw_noise=draw_noise)
-    return (z_next, x), None
+  grid_values = grid_fn(num_steps, logsnr_min=logsnr_min, logsnr_max=logsnr_max)
+  logsnrs, logsnrs_next = _levels(grid_values, evaluates_last_level=solver.evaluates_last_level)
+  plan = (guidance_plan(logsnrs, logsnr_lo=params.logsnr_lo, logsnr_hi=params.logsnr_hi)
+          if guide and method.skip_outside_interval else None)
+  levels = Level(jnp.arange(logsnrs.shape[0]), logsnrs, logsnrs_next, plan)
+
+  def body(carry, lv):
+    draw_noise = lambda: _example_noise(example_keys, lv.index + 1, image_shape)
+    return solver.level(predict, carry=carry, lv=lv, params=solver_params,
+                        draw_noise=draw_noise), None
 
   z = _example_noise(example_keys, 0, image_shape)
-  (_, x), _ = jax.lax.scan(
-      level, (z, jnp.zeros_like(z)), (jnp.arange(num_steps), logsnrs, logsnrs_next))
-  return x
+  carry = Carry(z=z, x=jnp.zeros_like(z), solver=solver.init(z=z), guide=method.init(z=z))
+  carry, _ = jax.lax.scan(body, carry, levels)
+  if solver.evaluates_last_level:
+    return carry.x
+  alpha, _ = diffusion.alpha_sigma(grid_values[-1])
+  x = carry.z / alpha
+  return jnp.clip(x, -1.0, 1.0) if clip_x else x
 
 
-def ancestral_sample(denoise, *, key, labels, image_shape, num_steps, null_label,
-                     guidance_weight=0.0, variance_interp=0.3, clip_x=False, guide=True,
-                     logsnr_min=diffusion.LOGSNR_MIN, logsnr_max=diffusion.LOGSNR_MAX,
-                     example_ids=None):
+def ancestral_sample(denoise, *, variance_interp=0.3, **kwargs):
   """x̂ = x̃_T of Algorithm 2: z_{t+1} ~ N(μ̃(z_t, x̃_t), (σ̃²)^{1−v} (σ²_{λ_t|λ_{t+1}})^v).
 
   `variance_interp` is v: 0 gives the posterior variance σ̃², 1 the forward σ²_{λ|λ'}
-  (paper: 0.3 at 64×64, 0.2 at 128×128).
+  (paper: 0.3 at 64×64, 0.2 at 128×128). Other arguments as `sample`.
   """
-  _validate(labels=labels, image_shape=image_shape, num_steps=num_steps,
-            guidance_weight=guidance_weight, example_ids=example_ids, logsnr_min=logsnr_min,
-            logsnr_max=logsnr_max, variance_interp=variance_interp)
-
-  def update(*, z, x, eps, logsnr, logsnr_next, draw_noise):
-    del eps
-    return ancestral_step(z=z, x=x, logsnr=logsnr, logsnr_next=logsnr_next,
-                          variance_interp=variance_interp, noise=draw_noise())
-
-  return _sample(update, denoise, key=key, labels=labels, image_shape=image_shape,
-                 num_steps=num_steps, null_label=null_label, guidance_weight=guidance_weight,
-                 clip_x=clip_x, guide=guide, logsnr_min=logsnr_min, logsnr_max=logsnr_max,
-                 example_ids=example_ids)
+  return sample(denoise, solver='ancestral', solver_params=SolverParams(variance_interp=variance_interp),
+                **kwargs)
 
 
-def ddim_sample(denoise, *, key, labels, image_shape, num_steps, null_label,
-                guidance_weight=0.0, clip_x=False, guide=True,
-                logsnr_min=diffusion.LOGSNR_MIN, logsnr_max=diffusion.LOGSNR_MAX,
-                example_ids=None):
-  """x̂ = x̃_T of DDIM (η = 0): z_{t+1} = α_{t+1} x̃_t + σ_{t+1} ε̂_t, on Algorithm 2's grid.
+def ddim_sample(denoise, *, eta=0.0, **kwargs):
+  """DDIM: z_{t+1} = α_{t+1} x̃_t + (σ_{t+1}² − η² σ̃²)^{1/2} ε̂_t + η σ̃ ξ for T − 1 steps; x̂ = z_T/α_T.
 
-  With `clip_x`, ε̂ = (z − α x̃)/σ is recomputed from the clipped x̃.
+  With `clip_x`, ε̂ = (z − α x̃)/σ is recomputed from the clipped x̃. Other arguments as `sample`.
   """
-  _validate(labels=labels, image_shape=image_shape, num_steps=num_steps,
-            guidance_weight=guidance_weight, example_ids=example_ids, logsnr_min=logsnr_min,
-            logsnr_max=logsnr_max)
-
-  def update(*, z, x, eps, logsnr, logsnr_next, draw_noise):
-    del z, logsnr, draw_noise
-    return ddim_step(x=x, eps=eps, logsnr_next=logsnr_next)
-
-  return _sample(update, denoise, key=key, labels=labels, image_shape=image_shape,
-                 num_steps=num_steps, null_label=null_label, guidance_weight=guidance_weight,
-                 clip_x=clip_x, guide=guide, logsnr_min=logsnr_min, logsnr_max=logsnr_max,
-                 example_ids=example_ids)
-
-
-SAMPLERS = {'ancestral': ancestral_sample, 'ddim': ddim_sample}
+  return sample(denoise, solver='ddim', solver_params=SolverParams(eta=eta), **kwargs)
 
 
 def get_sampler(name):
-  """The sampler function called `name` ('ancestral' | 'ddim')."""
-  if name not in SAMPLERS:
-    raise ValueError(f'Unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}.')
-  return SAMPLERS[name]
+  """The sampler called `name`: ancestral_sample (takes v), ddim_sample (takes η), or `sample` with
+  solver 'dpmpp_2m' | 'heun' bound."""
+  solvers.get_solver(name)
+  named = {'ancestral': ancestral_sample, 'ddim': ddim_sample}
+  return named.get(name, functools.partial(sample, solver=name))
 
 
-def sample_sweep(sampler_fn, *, guidance_weights, **kwargs):
-  """x̂[k] = sampler_fn(guidance_weight=w_k, **kwargs) for all k in one vmapped program.
+def sample_sweep(sampler_fn, *, guidance_weights=None, params=None, **kwargs):
+  """x̂[k] = sampler_fn(params=params_k, **kwargs) for all k in one vmapped program → [K, B, …].
 
-  Every w_k sees the same key, labels and noise, so the rows differ by guidance alone.
-  `sampler_fn` is a sampler with `denoise` (and any static arguments) bound, e.g.
-  functools.partial(ancestral_sample, denoise); returns [K, B, *image_shape].
+  `params` is a GuidanceParams whose swept leaves have a leading axis K (a per-example w: [K, B])
+  and whose scalar leaves are shared by every k (so a shared interval keeps its skipped calls);
+  `guidance_weights` [K] is the short form for a sweep over w alone. Every k sees the same key,
+  labels and noise, so the rows differ by guidance alone. `sampler_fn` is a sampler with `denoise`
+  (and any static arguments) bound, e.g. functools.partial(sample, denoise, solver='ddim').
   """
   if 'guidance_weight' in kwargs:
-    raise ValueError('sample_sweep takes guidance_weights [K], not guidance_weight.')
-  if jnp.ndim(guidance_weights) != 1:
-    raise ValueError(f'guidance_weights must have shape [K], got shape '
-                     f'{jnp.shape(guidance_weights)}.')
-  guidance_weights = jnp.asarray(guidance_weights, jnp.float32)
-  return jax.vmap(lambda w: sampler_fn(guidance_weight=w, **kwargs))(guidance_weights)
+    raise ValueError('sample_sweep takes guidance_weights [K] or params, not guidance_weight.')
+  if guidance_weights is not None:
+    if params is not None:
+      raise ValueError('give sample_sweep either guidance_weights or params, not both.')
+    if jnp.ndim(guidance_weights) != 1:
+      raise ValueError(f'guidance_weights must have shape [K], got shape '
+                       f'{jnp.shape(guidance_weights)}.')
+    params = GuidanceParams(w=guidance_weights)
+  if params is None:
+    raise ValueError('sample_sweep needs guidance_weights [K] or params with [K] leaves.')
+  params = guidance.as_float32(params)
+  axes = GuidanceParams(*(0 if jnp.ndim(leaf) else None for leaf in params))
+  sizes = {jnp.shape(leaf)[0] for leaf, axis in zip(params, axes) if axis == 0}
+  if len(sizes) != 1:
+    raise ValueError(f'sample_sweep needs at least one swept leaf and one K for all of them; got '
+                     f'leading sizes {sorted(sizes)}.')
+  return jax.vmap(lambda p: sampler_fn(params=p, **kwargs), in_axes=(axes,))(params)
+
+
+class Evaluations(NamedTuple):
+  """Network evaluations per image: `main` (conditional or main network) and `ref` (∅ or guide)."""
+  main: int
+  ref: int
+
+  @property
+  def total(self):
+    return self.main + self.ref
+
+
+def count_evaluations(*, solver, method='cfg', num_steps, grid='uniform_u', guide=True,
+                      params=GuidanceParams(), logsnr_min=diffusion.LOGSNR_MIN,
+                      logsnr_max=diffusion.LOGSNR_MAX):
+  """Exact network evaluations per image of one `sample` call (host ints; params concrete scalars).
+
+  A guided 2B call counts 2 (main + ref), a skipped guiding branch 0, Heun's second evaluation 1.
+  """
+  method = guidance.get_method(method) if isinstance(method, str) else method
+  solver = solvers.get_solver(solver) if isinstance(solver, str) else solver
+  grid_fn = solvers.get_grid(grid) if isinstance(grid, str) else grid
+  with jax.ensure_compile_time_eval():
+    grid_values = np.asarray(grid_fn(num_steps, logsnr_min=logsnr_min, logsnr_max=logsnr_max))
+  logsnrs = grid_values if solver.evaluates_last_level else grid_values[:-1]
+  if not guide:
+    guided = 0
+  elif method.skip_outside_interval:
+    guided = int(np.sum(guidance_plan(logsnrs, logsnr_lo=np.float32(params.logsnr_lo),
+                                      logsnr_hi=np.float32(params.logsnr_hi))))
+  else:
+    guided = len(logsnrs)
+  return Evaluations(main=solver.evals * len(logsnrs), ref=solver.evals * guided)

@@ -85,7 +85,9 @@ def reference_moments(sampler, *, num_steps, guidance_weight, mean_cond, std_con
     offset = sigma * alpha * ((1 + w) * mean_cond / v_c - w * mean_uncond / v_u)
     x_slope, x_offset = (1 - sigma * slope) / alpha, sigma * offset / alpha
     if t == num_steps - 1:
-      return x_slope * mean + x_offset, x_slope**2 * var
+      if sampler == 'ancestral':
+        return x_slope * mean + x_offset, x_slope**2 * var
+      return mean / alpha, var / alpha2  # the ODE solvers end at x̂ = z_T/α_T, no evaluation
     logsnr_next = grid[t + 1]
     alpha_next = np.sqrt(1 / (1 + np.exp(-logsnr_next)))
     sigma2_next = 1 / (1 + np.exp(logsnr_next))
@@ -152,7 +154,8 @@ def test_unguided_samples_reproduce_class_means_and_stds(name):
       key=jax.random.key(0), labels=labels, guidance_weight=0.0)
   x = np.asarray(x).reshape(-1, DIM)
   jax.effects_barrier()
-  assert batch_sizes == [2 * 3072] * 256  # one guided call of [c; ∅] per level
+  levels = 256 if name == 'ancestral' else 255  # DDIM does not evaluate at λ_max
+  assert batch_sizes == [2 * 3072] * levels  # one guided call of [c; ∅] per level
   for c in range(3):
     rows = x[np.asarray(labels) == c]
     mean_error = np.sqrt(np.mean((rows.mean(0) - means[c]) ** 2)) / np.sqrt(np.mean(means[c]**2))
@@ -164,7 +167,7 @@ def test_unguided_samples_reproduce_class_means_and_stds(name):
   unguided = _sampler(name, denoise, num_steps=256, null_label=3, guide=False)(
       key=jax.random.key(0), labels=labels)
   jax.effects_barrier()
-  assert batch_sizes == [3072] * 256
+  assert batch_sizes == [3072] * levels
   np.testing.assert_allclose(np.asarray(unguided).reshape(-1, DIM), x, atol=1e-4)
 
 
@@ -218,6 +221,7 @@ def reference_ddim_mixture_moments(*, num_steps, guidance_weight, m, std):
                     - guidance_weight * (z - alpha * mean_uncond)) / v)
     x = (z - sigma * eps) / alpha
     if t == num_steps - 1:
+      x = z / alpha  # DDIM ends at x̂ = z_T/α_T with no network evaluation at λ_max
       mean = np.sum(node_weights * x)
       return mean, np.sum(node_weights * (x - mean) ** 2)
     logsnr_next = grid[t + 1]
@@ -401,15 +405,16 @@ def test_ddim_with_clipping_recomputes_eps_from_the_clipped_prediction():
     for t in range(num_steps - 1):
       x_t = x_clipped(z, t)
       z = alpha[t + 1] * x_t + sigma[t + 1] * (z - alpha[t] * x_t) / sigma[t]
-    np.testing.assert_allclose(x[row], x_clipped(z, num_steps - 1), rtol=1e-5, atol=1e-5)
+    # No evaluation at the last level: x̂ = clip(z_T/α_T).
+    np.testing.assert_allclose(x[row], np.clip(z / alpha[-1], -1, 1), rtol=1e-5, atol=1e-5)
 
 
 def test_bad_arguments_raise_clear_errors():
   sampler = functools.partial(samplers.ancestral_sample, gaussian_denoiser([[0.0]], [1.0]),
                               key=jax.random.key(0), image_shape=IMAGE_SHAPE, null_label=1)
   labels = jnp.zeros(4, jnp.int32)
-  with pytest.raises(ValueError, match='num_steps must be >= 1'):
-    sampler(labels=labels, num_steps=0)
+  with pytest.raises(ValueError, match='num_steps must be >= 2'):
+    sampler(labels=labels, num_steps=1)
   with pytest.raises(ValueError, match='num_steps must be a Python int'):
     sampler(labels=labels, num_steps=2.5)
   with pytest.raises(ValueError, match='guidance_weight must be a scalar or have shape'):
@@ -423,7 +428,199 @@ def test_bad_arguments_raise_clear_errors():
   with pytest.raises(ValueError, match='image_shape must be a tuple'):
     samplers.ddim_sample(gaussian_denoiser([[0.0]], [1.0]), key=jax.random.key(0),
                          labels=labels, image_shape=16, num_steps=4, null_label=1)
-  with pytest.raises(ValueError, match="Unknown sampler 'heun'"):
-    samplers.get_sampler('heun')
+  with pytest.raises(ValueError, match="Unknown sampler 'euler'"):
+    samplers.get_sampler('euler')
+  with pytest.raises(ValueError, match=r'eta \(DDIM\) must lie in \[0, 1\]'):
+    samplers.ddim_sample(gaussian_denoiser([[0.0]], [1.0]), key=jax.random.key(0), labels=labels,
+                         image_shape=IMAGE_SHAPE, num_steps=4, null_label=1, eta=1.5)
+  with pytest.raises(ValueError, match=r'CFG\+\+ .* needs a solver that re-noises with ε'):
+    sampler(labels=labels, num_steps=4, method='cfgpp')
+  with pytest.raises(ValueError, match="Unknown guidance method 'pag'"):
+    sampler(labels=labels, num_steps=4, method='pag')
+  with pytest.raises(ValueError, match='autoguidance needs a guide network'):
+    sampler(labels=labels, num_steps=4, method='autoguidance')
+  with pytest.raises(ValueError, match='guidance parameter rescale must be a scalar'):
+    sampler(labels=labels, num_steps=4, params=samplers.GuidanceParams(rescale=jnp.zeros(4)))
   with pytest.raises(ValueError, match=r'guidance_weights must have shape \[K\]'):
     samplers.sample_sweep(sampler, guidance_weights=1.0, labels=labels, num_steps=4)
+
+
+# ----------------------------------------------------------------------------------------------
+# The open seam: today's cfg + ancestral kept bit for bit, skipped calls, NFE, traced parameters.
+
+def _frozen_ancestral(denoise, *, key, labels, image_shape, num_steps, null_label, guidance_weight,
+                      variance_interp, clip_x, guide):
+  """A frozen copy of the sampling maths before the guidance seam (commit 373290b): Algorithm 2."""
+  from cfg import diffusion as d
+  labels = jnp.asarray(labels, jnp.int32)
+  keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(labels.shape[0]))
+  noise = lambda index: jax.vmap(
+      lambda k: jax.random.normal(jax.random.fold_in(k, index), image_shape))(keys)
+  w = jnp.asarray(guidance_weight, jnp.float32)
+  grid = d.sampling_grid(num_steps)
+  grid_next = jnp.append(grid[1:], grid[-1] + 1.0)
+
+  def level(carry, inputs):
+    z, _ = carry
+    step, logsnr, logsnr_next = inputs
+    logsnr = jnp.full(labels.shape, logsnr, dtype=z.dtype)
+    if guide:
+      eps = denoise(jnp.concatenate([z, z]), jnp.concatenate([logsnr, logsnr]),
+                    jnp.concatenate([labels, jnp.full_like(labels, null_label)]))
+      eps_c, eps_u = jnp.split(eps, 2)
+      wb = d.broadcast_from_left(w, eps_c.shape).astype(eps_c.dtype)
+      eps = (1.0 + wb) * eps_c - wb * eps_u
+    else:
+      eps = denoise(z, logsnr, labels)
+    eps = eps.astype(z.dtype)
+    x = d.x_from_eps(z=z, eps=eps, logsnr=logsnr)
+    if clip_x:
+      x = jnp.clip(x, -1.0, 1.0)
+      eps = d.eps_from_x(z=z, x=x, logsnr=logsnr)
+    mean, posterior_variance = d.posterior(z=z, x=x, logsnr=logsnr, logsnr_next=logsnr_next)
+    log_variance = ((1.0 - variance_interp) * jnp.log(posterior_variance) + variance_interp
+                    * jnp.log(d.transition_variance(logsnr=logsnr, logsnr_next=logsnr_next)))
+    z_next = mean + d.broadcast_from_left(jnp.exp(0.5 * log_variance), z.shape) * noise(step + 1)
+    return (z_next, x), None
+
+  z = noise(0)
+  (_, x), _ = jax.lax.scan(level, (z, jnp.zeros_like(z)), (jnp.arange(num_steps), grid, grid_next))
+  return x
+
+
+@pytest.mark.parametrize('clip_x, guide', [(False, True), (True, True), (True, False)])
+def test_cfg_ancestral_is_bit_identical_to_the_code_before_the_seam(clip_x, guide):
+  static = dict(image_shape=IMAGE_SHAPE, num_steps=SMALL_STEPS, null_label=3, clip_x=clip_x,
+                guide=guide)
+  weights = jnp.linspace(-0.5, 3.0, 8)
+  new = jax.jit(functools.partial(samplers.ancestral_sample, _small_denoise, variance_interp=0.3,
+                                  **static))
+  old = jax.jit(functools.partial(_frozen_ancestral, _small_denoise, variance_interp=0.3, **static))
+  args = dict(key=jax.random.key(4), labels=SMALL_LABELS, guidance_weight=weights)
+  np.testing.assert_array_equal(new(**args), old(**args))
+  # The same through the open API with the method and the solver named.
+  named = jax.jit(functools.partial(samplers.sample, _small_denoise, method='cfg', solver='ancestral',
+                                    **static))
+  np.testing.assert_array_equal(named(key=args['key'], labels=SMALL_LABELS,
+                                      params=samplers.GuidanceParams(w=weights)), old(**args))
+
+
+def _counting_denoise(batch_sizes):
+  def denoise(z, logsnr, labels):
+    jax.debug.callback(lambda z: batch_sizes.append(z.shape[0]), z)
+    return mixture_denoiser(SMALL_MEANS, SMALL_STD)(z, logsnr, labels)
+  return denoise
+
+
+ALL_SOLVERS = ['ancestral', 'ddim', 'dpmpp_2m', 'heun']
+ALL_METHODS = ['cfg', 'interval', 'schedule', 'rescale', 'threshold', 'apg', 'cfgpp', 'cfg_zero_star']
+# λ on the default T = 8 uniform-u grid: −20, −2.95, −1.46, −0.45, 0.45, 1.46, 2.95, 20.
+INTERVAL = dict(logsnr_lo=-2.0, logsnr_hi=1.0)
+
+
+@pytest.mark.parametrize('solver', ALL_SOLVERS)
+@pytest.mark.parametrize('method', ALL_METHODS)
+def test_executed_network_evaluations_equal_count_evaluations(solver, method):
+  if method == 'cfgpp' and solver != 'ddim':
+    pytest.skip('CFG++ is defined for DDIM only (the error is tested above)')
+  batch_sizes = []
+  params = samplers.GuidanceParams(w=1.5, rescale=0.5, **INTERVAL)
+  x = samplers.sample(_counting_denoise(batch_sizes), key=jax.random.key(0), labels=SMALL_LABELS,
+                      image_shape=IMAGE_SHAPE, num_steps=SMALL_STEPS, null_label=3, params=params,
+                      method=method, solver=solver)
+  jax.block_until_ready(x)
+  jax.effects_barrier()
+  assert np.all(np.isfinite(np.asarray(x)))
+  nfe = samplers.count_evaluations(solver=solver, method=method, num_steps=SMALL_STEPS,
+                                   params=params)
+  batch = len(SMALL_LABELS)
+  assert sum(batch_sizes) == nfe.total * batch  # a 2B call is 2 evaluations per image
+  steps = SMALL_STEPS if solver == 'ancestral' else SMALL_STEPS - 1
+  evals = steps * (2 if solver == 'heun' else 1)
+  # Exact numbers: the interval [−2, 1] holds 3 of the 8 grid levels (λ = −1.46, −0.45, 0.45).
+  guided_levels = (3 if method == 'interval' else steps)
+  assert nfe == (evals, guided_levels * (2 if solver == 'heun' else 1))
+  # The skip is real: outside the interval the call has batch B, inside 2B.
+  assert batch_sizes.count(2 * batch) == nfe.ref
+  assert batch_sizes.count(batch) == nfe.main - nfe.ref
+
+
+def test_skipping_the_reference_call_equals_guiding_with_zero_weight_outside():
+  # The skip changes cost, not maths: the interval method against an all-guided program whose
+  # weight is w · 1[λ_lo ≤ λ ≤ λ_hi] (guidance.interval_weight).
+  from cfg import guidance
+  no_skip = guidance.Method(weight=guidance.interval_weight)
+  params = samplers.GuidanceParams(w=jnp.linspace(0.0, 3.0, 8), **INTERVAL)
+  # Gaussian c and ∅: ε is elementwise in z, so batch B and 2B give the same values per row (up to
+  # an ulp where XLA fuses the two programs differently).
+  denoise = gaussian_denoiser([np.full(DIM, 0.5), np.linspace(-0.3, 0.3, DIM)], [0.4, 0.7])
+  for solver in ('ancestral', 'ddim'):
+    run = lambda method: samplers.sample(
+        denoise, key=jax.random.key(1), labels=jnp.zeros(8, jnp.int32), image_shape=IMAGE_SHAPE,
+        num_steps=SMALL_STEPS, null_label=1, params=params, method=method, solver=solver)
+    np.testing.assert_allclose(run('interval'), run(no_skip), rtol=1e-6, atol=1e-7)
+    assert not np.allclose(run('interval'), run('cfg'), atol=1e-3)
+  # Over the whole range the interval is cfg: the same arithmetic inside an XLA Conditional, which
+  # XLA fuses differently (observed: one element of 128 off by one ulp).
+  whole = samplers.GuidanceParams(w=params.w, logsnr_lo=-20.0, logsnr_hi=20.0)
+  full = lambda method: samplers.sample(
+      _small_denoise, key=jax.random.key(1), labels=SMALL_LABELS, image_shape=IMAGE_SHAPE,
+      num_steps=SMALL_STEPS, null_label=3, params=whole, method=method, solver='ancestral')
+  np.testing.assert_allclose(full('interval'), full('cfg'), rtol=1e-6, atol=1e-7)
+
+
+def test_changing_any_guidance_parameter_does_not_retrace_and_a_sweep_is_one_program():
+  traces = []
+
+  def denoise(z, logsnr, labels):
+    traces.append(z.shape)
+    return mixture_denoiser(SMALL_MEANS, SMALL_STD)(z, logsnr, labels)
+
+  run = jax.jit(lambda params: samplers.sample(
+      denoise, key=jax.random.key(0), labels=SMALL_LABELS, image_shape=IMAGE_SHAPE,
+      num_steps=SMALL_STEPS, null_label=3, params=params, method='apg', solver='ddim'))
+  first = run(samplers.GuidanceParams(w=1.0))
+  count = len(traces)
+  for change in (dict(w=2.0), dict(apg_eta=0.0), dict(apg_beta=-0.5), dict(apg_norm_cap=0.05)):
+    out = run(samplers.GuidanceParams(**dict(dict(w=1.0), **change)))
+    assert not np.allclose(out, first, atol=1e-4), change
+  assert len(traces) == count
+  interval = jax.jit(lambda params: samplers.sample(
+      denoise, key=jax.random.key(0), labels=SMALL_LABELS, image_shape=IMAGE_SHAPE,
+      num_steps=SMALL_STEPS, null_label=3, params=params, method='interval', solver='ddim'))
+  interval(samplers.GuidanceParams(w=1.0, **INTERVAL))
+  count = len(traces)
+  interval(samplers.GuidanceParams(w=1.0, logsnr_lo=-8.0, logsnr_hi=0.0))
+  assert len(traces) == count
+  # A sweep over a params pytree: swept leaves [K], shared scalars; one program equals the loop.
+  sweep_params = samplers.GuidanceParams(w=jnp.array([0.5, 2.0]), apg_eta=jnp.array([1.0, 0.0]),
+                                         apg_beta=-0.25)
+  sampler = functools.partial(samplers.sample, _small_denoise, key=jax.random.key(0),
+                              labels=SMALL_LABELS, image_shape=IMAGE_SHAPE, num_steps=SMALL_STEPS,
+                              null_label=3, method='apg', solver='ddim')
+  swept = jax.jit(lambda p: samplers.sample_sweep(sampler, params=p))(sweep_params)
+  for k in range(2):
+    single = sampler(params=samplers.GuidanceParams(w=sweep_params.w[k],
+                                                    apg_eta=sweep_params.apg_eta[k], apg_beta=-0.25))
+    np.testing.assert_allclose(swept[k], single, rtol=1e-5, atol=1e-5)
+
+
+def test_a_weight_sweep_keeps_the_interval_skip():
+  batch_sizes = []
+  sampler = functools.partial(samplers.sample, _counting_denoise(batch_sizes), key=jax.random.key(0),
+                              labels=SMALL_LABELS, image_shape=IMAGE_SHAPE, num_steps=SMALL_STEPS,
+                              null_label=3, method='interval', solver='ancestral')
+  params = samplers.GuidanceParams(w=jnp.array([0.0, 1.0, 2.0]), **INTERVAL)
+  jax.block_until_ready(jax.jit(lambda p: samplers.sample_sweep(sampler, params=p))(params))
+  jax.effects_barrier()
+  # vmap over w: the flag stays unbatched, so the cond stays a cond (3 guided levels of 8; the
+  # callback runs once per swept row). A select would run both branches at all 8 levels.
+  assert sorted(batch_sizes) == sorted([8] * 3 * 5 + [16] * 3 * 3)
+
+
+def test_method_state_starts_from_init_every_call():
+  sampler = functools.partial(samplers.sample, _small_denoise, labels=SMALL_LABELS,
+                              image_shape=IMAGE_SHAPE, num_steps=SMALL_STEPS, null_label=3,
+                              method='apg', solver='ddim',
+                              params=samplers.GuidanceParams(w=2.0, apg_beta=0.5))
+  np.testing.assert_array_equal(sampler(key=jax.random.key(3)), sampler(key=jax.random.key(3)))
