@@ -26,6 +26,9 @@ from cfg.evaluation import inception
 from cfg.evaluation import synthetic_weights
 
 FIXTURE = os.path.join(os.path.dirname(__file__), 'data', 'inception_fixture.npz')
+# sFID features of the same network and images, recorded by a forward hook on pytorch-fid's
+# Mixed_6d.branch1x1 (experiments/inception_spatial_fixture.py, same environment).
+SPATIAL_FIXTURE = os.path.join(os.path.dirname(__file__), 'data', 'inception_spatial_fixture.npz')
 GROUPS = ('gray28', 'rgb32', 'rgb64', 'rgb299', 'gray384x320')
 TOLERANCE = 1e-4
 
@@ -82,6 +85,46 @@ def test_pool3_and_logits_match_pytorch_fid(fixture, variables, group):
   assert pool3.shape[1] == inception.POOL3_DIM and logits.shape[1] == inception.NUM_LOGITS
   _assert_matches(pool3, fixture[f'pool3_{group}'], f'pool3 {group}')
   _assert_matches(logits, fixture[f'logits_{group}'], f'logits {group}')
+
+
+@pytest.fixture(scope='module')
+def spatial_fixture():
+  with np.load(SPATIAL_FIXTURE) as npz:
+    return dict(npz)
+
+
+@pytest.mark.parametrize('group', GROUPS)
+def test_spatial_features_match_pytorch_fids_mixed_6d_branch1x1(fixture, spatial_fixture, variables,
+                                                                group):
+  assert str(spatial_fixture['module']) == f'{inception.SPATIAL_BLOCK}.branch1x1'
+  pool3, logits, spatial = inception.inception_features(variables, fixture[f'images_{group}'],
+                                                        spatial=True)
+  assert spatial.shape == (2, inception.SPATIAL_DIM) and inception.SPATIAL_DIM == 2023
+  _assert_matches(spatial, spatial_fixture[f'spatial_{group}'], f'spatial {group}')
+  _assert_matches(pool3, fixture[f'pool3_{group}'], f'pool3 {group} with spatial=True')
+  _assert_matches(logits, fixture[f'logits_{group}'], f'logits {group} with spatial=True')
+
+
+def test_spatial_features_are_not_those_of_a_neighbouring_block(fixture, spatial_fixture, variables):
+  # The reference singles out Mixed_6d: the same 7 channels of the other 17×17 blocks' 1×1 branch
+  # (Mixed_6c has the very same shapes) are far from it.
+  x = inception.preprocess_images(fixture['images_rgb64'])
+  _, state = inception.FidInceptionV3().apply(variables, x, mutable=['intermediates'])
+  errors = {}
+  for block in ('Mixed_6b', 'Mixed_6c', 'Mixed_6d', 'Mixed_6e'):
+    (output,) = state['intermediates'][block]['branch1x1_output']
+    flat = np.asarray(output[..., :7]).reshape(2, -1)
+    errors[block] = _relative_error(flat, spatial_fixture['spatial_rgb64'])
+  assert errors['Mixed_6d'] <= TOLERANCE, errors
+  assert min(errors[block] for block in ('Mixed_6b', 'Mixed_6c', 'Mixed_6e')) > 0.1, errors
+
+
+def test_compute_features_with_spatial_pads_short_batches(fixture, spatial_fixture, variables):
+  images = fixture['images_rgb32']
+  pool3, logits, spatial = inception.compute_features(variables, [images[:1], images[1:]],
+                                                      batch_size=2, spatial=True)
+  assert pool3.shape == (2, inception.POOL3_DIM) and logits.shape == (2, inception.NUM_LOGITS)
+  _assert_matches(spatial, spatial_fixture['spatial_rgb32'], 'spatial through compute_features')
 
 
 def test_float_images_in_minus_one_one_match_uint8(fixture, variables):

@@ -6,7 +6,8 @@ This is pytorch-fid's network, block for block, not torchvision's InceptionV3 (p
   - BatchNorm ε = 1e-3, 1008-way fc, no auxiliary head;
   - input resized to 299×299 bilinearly (half-pixel centres, no antialias), then scaled to [−1, 1].
 Outputs: pool3 (2048-d, the FID features) and pool3 · W_fc, the logits without the fc bias, which the TF
-graph and the ADM evaluator feed to the Inception Score.
+graph and the ADM evaluator feed to the Inception Score; on request sFID's spatial features, the first 7
+channels of Mixed_6d.branch1x1 (the TF graph's mixed_6/conv; see `SPATIAL_BLOCK`).
 
 Weights: pytorch-fid's pt_inception-2015-12-05-6726825d.pth converted once to .npz by
 `cfg.evaluation.convert_inception`; the .npz keeps pytorch-fid's state-dict names and torch layouts, and
@@ -32,6 +33,27 @@ from cfg.evaluation.convert_inception import TORCH_WEIGHTS_URL
 INCEPTION_IMAGE_SIZE = 299
 POOL3_DIM = 2048
 NUM_LOGITS = 1008
+# sFID (ADM evaluator): the TF graph's `mixed_6/conv:0`, first 7 channels, flattened: 17·17·7 = 2023.
+# In pytorch-fid's module tree that tensor is the output of Mixed_6d.branch1x1 (conv → BN → ReLU):
+#   - the TF graph names its eleven Inception blocks mixed, mixed_1, …, mixed_10 in order; they are
+#     torchvision's Mixed_5b, 5c, 5d, 6a, 6b, 6c, 6d, 6e, 7a, 7b, 7c, so mixed_6 is the third 17×17
+#     block, Mixed_6d;
+#   - inside a block TF names the un-towered 1×1 branch `conv` and the others tower/…, tower_1/…,
+#     tower_2/{pool, conv}; `mixed_6/conv` is the scope of that 1×1 conv (768 → 192 channels), and
+#     its output tensor `mixed_6/conv:0` is the scope's last op, the ReLU after the batch norm.
+# How sure: the block order and branch names are those of torch-fidelity's TF-graph converter
+# (utils/util_convert_inception_weights.py maps mixed_6/conv/{conv2d_params, batchnorm} to
+# Mixed_6d.branch1x1.{conv, bn}, and mixed_7/… to Mixed_6e); Mixed_6c and Mixed_6d have identical
+# shapes, so a shape match alone could swap them, but both ports reproduce the TF graph's FID, which
+# a swap of two 17×17 blocks would not. That `:0` is the ReLU output (not the batch norm's) rests on
+# the 2015 graph's scope layout and was not checked against the graph here; ADM's `mu_s` is then
+# ≥ 0 in every entry, which anyone with a reference batch can confirm. One public port takes
+# Mixed_6e.branch1x1 instead; that contradicts the block order above. The spatial features of this
+# port also inherit pytorch-fid's bilinear resize, so sFID, like FID, is close to but not the TF
+# evaluator's number.
+SPATIAL_BLOCK = 'Mixed_6d'
+SPATIAL_CHANNELS = 7
+SPATIAL_DIM = 17 * 17 * SPATIAL_CHANNELS
 
 _PRECISION = jax.lax.Precision.HIGHEST
 
@@ -101,6 +123,7 @@ class InceptionC(nn.Module):
   def __call__(self, x):
     c7 = self.channels_7x7
     branch1x1 = ConvBN(192, name='branch1x1')(x)
+    self.sow('intermediates', 'branch1x1_output', branch1x1)  # Mixed_6d's is sFID's mixed_6/conv
     branch7x7 = ConvBN(c7, name='branch7x7_1')(x)
     branch7x7 = ConvBN(c7, (1, 7), padding=(0, 3), name='branch7x7_2')(branch7x7)
     branch7x7 = ConvBN(192, (7, 1), padding=(3, 0), name='branch7x7_3')(branch7x7)
@@ -212,27 +235,33 @@ def preprocess_images(images):
   return jnp.broadcast_to(x, (batch, size, size, 3))
 
 
-@jax.jit
-def _network(variables, x):
-  return FidInceptionV3().apply(variables, x)
+@functools.partial(jax.jit, static_argnames='spatial')
+def _network(variables, x, spatial=False):
+  if not spatial:
+    return FidInceptionV3().apply(variables, x)
+  (pool3, logits), state = FidInceptionV3().apply(variables, x, mutable=['intermediates'])
+  (mixed_6_conv,) = state['intermediates'][SPATIAL_BLOCK]['branch1x1_output']
+  # ADM: spatial[..., :7] of the NHWC tensor, flattened per image (h, w, c order).
+  return pool3, logits, mixed_6_conv[..., :SPATIAL_CHANNELS].reshape(x.shape[0], -1)
 
 
-def inception_features(variables, images):
-  """(pool3 [B, 2048], bias-free logits [B, 1008]) of images (see `preprocess_images` for the input).
+def inception_features(variables, images, *, spatial=False):
+  """(pool3 [B, 2048], bias-free logits [B, 1008]) of images (see `preprocess_images` for the input);
+  with spatial=True also sFID's features [B, 2023] (see `SPATIAL_BLOCK`).
 
   Two jitted stages, so a new input size only recompiles the cheap resize, never the network
   (which recompiles per batch size; `compute_features` keeps that fixed).
   """
-  return _network(variables, preprocess_images(images))
+  return _network(variables, preprocess_images(images), spatial)
 
 
-def compute_features(variables, image_batches, *, batch_size):
-  """Host loop: concatenated numpy (pool3, logits) over an iterable of image batches of ≤ batch_size.
+def compute_features(variables, image_batches, *, batch_size, spatial=False):
+  """Host loop: concatenated numpy (pool3, logits[, spatial]) over image batches of ≤ batch_size.
 
   Short batches are padded to batch_size (and the padding dropped) so the network compiles once.
   """
-  return batches.map_padded(functools.partial(inception_features, variables), image_batches,
-                            batch_size=batch_size)
+  return batches.map_padded(functools.partial(inception_features, variables, spatial=spatial),
+                            image_batches, batch_size=batch_size)
 
 
 # ---- weights ------------------------------------------------------------------------------------
