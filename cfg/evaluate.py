@@ -52,8 +52,7 @@ def feature_space(config):
   score = lambda images: inception.compute_features(
       variables, (images[i:i + 100] for i in range(0, len(images), 100)), batch_size=100)
   if e.reference_batch:
-    batch = adm_io.read_reference_batch(e.reference_batch, load_images=False)
-    reference = {'mu': batch.mu, 'sigma': batch.sigma, 'features': None}
+    reference = adm_io.reference_batch_statistics(e.reference_batch, variables)
   else:
     cache = os.path.join(os.path.dirname(os.path.abspath(e.inception_weights)),
                          f'reference_{config.data.name}_{data.eval_split(config.data)}.npz')

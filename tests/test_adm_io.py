@@ -147,3 +147,50 @@ def test_inception_reference_statistics_use_pool3_of_the_split(tmp_path, variabl
   assert stats['sigma'].shape == (inception.POOL3_DIM, inception.POOL3_DIM)
   with np.load(tmp_path / 'ref.npz') as cached:
     assert int(cached['num_images']) == 4
+
+
+@pytest.fixture(scope='module')
+def reference_images_and_features():
+  """Six 32×32 images and their (pool3, logits, spatial) through the Inception port (synthetic weights)."""
+  images = _images(6, size=32, seed=7)
+  variables = inception.synthetic_inception_variables(seed=0)
+  features = inception.compute_features(variables, [images[:3], images[3:]], batch_size=3,
+                                        spatial=True)
+  return images, variables, features
+
+
+def test_reference_batch_of_images_only_gets_fid_and_sfid_statistics_and_pr_features(
+    tmp_path, reference_images_and_features):
+  images, variables, (pool3, _, spatial) = reference_images_and_features
+  path = tmp_path / 'images_only.npz'
+  adm_io.write_sample_batch(path, images)  # a sample batch is a valid ADM reference batch
+  stats = adm_io.reference_batch_statistics(path, variables, batch_size=3)
+  assert stats['features'].shape == (6, inception.POOL3_DIM)
+  assert stats['mu_spatial'].shape == (inception.SPATIAL_DIM,)
+  np.testing.assert_allclose(stats['features'], pool3, rtol=1e-6, atol=1e-6)
+  for name, features in [('', pool3), ('_spatial', spatial)]:
+    features = features.astype(np.float64)
+    np.testing.assert_allclose(stats[f'mu{name}'], features.mean(0), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(stats[f'sigma{name}'], np.cov(features, rowvar=False), rtol=1e-4,
+                               atol=1e-9)
+
+
+def test_reference_batch_statistics_are_read_as_stored_when_present(tmp_path,
+                                                                    reference_images_and_features):
+  images, variables, (pool3, _, spatial) = reference_images_and_features
+  rng = np.random.default_rng(8)
+  stored = {'mu': rng.standard_normal(2048), 'sigma': np.eye(2048)}
+  path = tmp_path / 'mu_sigma_and_images.npz'
+  np.savez(path, arr_0=images, **stored)
+  stats = adm_io.reference_batch_statistics(path, variables, batch_size=3)
+  np.testing.assert_array_equal(stats['mu'], stored['mu'])  # as the ADM evaluator: stored mu, sigma
+  np.testing.assert_array_equal(stats['sigma'], stored['sigma'])
+  np.testing.assert_allclose(stats['mu_spatial'], spatial.astype(np.float64).mean(0), rtol=1e-5,
+                             atol=1e-7)  # no mu_s stored: computed from the images
+  np.testing.assert_allclose(stats['features'], pool3, rtol=1e-6, atol=1e-6)
+
+  path = tmp_path / 'statistics_only.npz'
+  np.savez(path, mu_s=np.ones(3), sigma_s=np.eye(3), **stored)
+  stats = adm_io.reference_batch_statistics(path, variables)
+  assert stats['features'] is None  # no images: no precision / recall
+  np.testing.assert_array_equal(stats['mu_spatial'], np.ones(3))

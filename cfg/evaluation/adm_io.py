@@ -121,6 +121,32 @@ def read_reference_batch(path, *, load_images=True):
                           sigma_spatial=get('sigma_s'), images=get('arr_0') if load_images else None)
 
 
+def reference_batch_statistics(path, variables, *, batch_size=100):
+  """{mu, sigma, mu_spatial, sigma_spatial, features} of a reference batch, as the ADM evaluator reads it.
+
+  Stored mu / sigma, mu_s / sigma_s (the published numbers come from them) are used as they are; when
+  mu is absent, FID and sFID statistics are computed from arr_0 (Inception pool3 and spatial features,
+  float64 mean and N − 1 covariance). features are arr_0's pool3 features for precision / recall, which
+  the ADM evaluator takes from the batch's own images (10k for VIRTUAL_imagenet64_labeled.npz); they
+  and any spatial statistics not stored are None for a batch without images.
+  """
+  batch = read_reference_batch(path, load_images=False)
+  with zipfile.ZipFile(path) as archive:
+    has_images = 'arr_0.npy' in archive.namelist()
+  stats = {'mu': batch.mu, 'sigma': batch.sigma, 'mu_spatial': batch.mu_spatial,
+           'sigma_spatial': batch.sigma_spatial, 'features': None}
+  if has_images:
+    pool3, _, spatial = inception.compute_features(
+        variables, iterate_npz_array(path, 'arr_0', batch_size=batch_size), batch_size=batch_size,
+        spatial=True)
+    stats['features'] = pool3
+    if batch.mu is None:
+      stats['mu'], stats['sigma'] = metrics.feature_statistics(pool3)
+    if batch.mu is None or batch.mu_spatial is None:
+      stats['mu_spatial'], stats['sigma_spatial'] = metrics.feature_statistics(spatial)
+  return stats
+
+
 def npz_image_features(path, variables, *, batch_size=100):
   """(pool3 [N, 2048], bias-free logits [N, 1008]) of arr_0 of a sample or reference batch, streamed."""
   return inception.compute_features(
