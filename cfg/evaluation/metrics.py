@@ -223,9 +223,19 @@ def _psd_sqrt(matrix):
   return (vectors * np.sqrt(np.maximum(values, 0))) @ vectors.T
 
 
+def _sandwich(root, covariances):
+  """R Σ R for a stack of symmetric Σ [..., D, D] as two flat matrix products: (Σ R)ᵀ R = R Σ R.
+
+  (numpy's stacked matmul runs one small product per matrix, ~30× slower here for 200 × 128².)
+  """
+  dim = root.shape[0]
+  right = (covariances.reshape(-1, dim) @ root).reshape(covariances.shape)
+  return (np.swapaxes(right, -1, -2).reshape(-1, dim) @ root).reshape(covariances.shape)
+
+
 def _frechet_to_fixed_reference(means, covariances, *, mu_ref, sigma_ref, root_ref):
   """d² per leading index; tr √(Σ Σ_ref) = Σ √eig(Σ_ref^½ Σ Σ_ref^½) (both PSD), so no sqrtm."""
-  eigenvalues = np.linalg.eigvalsh(root_ref @ covariances @ root_ref)
+  eigenvalues = np.linalg.eigvalsh(_sandwich(root_ref, covariances))
   trace_covmean = np.sum(np.sqrt(np.maximum(eigenvalues, 0)), axis=-1)
   diff = means - mu_ref
   return (np.sum(diff * diff, axis=-1) + np.trace(covariances, axis1=-2, axis2=-1)
@@ -252,6 +262,7 @@ def frechet_distance_bootstrap(*, features, mu_ref, sigma_ref, num_resamples=200
   [2 d − q_{(1+c)/2}(d*), 2 d − q_{(1−c)/2}(d*)] (the "basic" bootstrap, lower end clipped at 0):
   it reflects the replicates' spread about d, so it corrects the ≈ c/N upward bias of d to first
   order, where the plain percentile interval [q_lo, q_hi] sits above d and misses the true distance.
+  Where the bias exceeds the spread (few samples in many dimensions) the interval lies wholly below d.
   Costs num_resamples covariance products of N·D² (rows summed in blocks of ≤ max_elements numbers).
   """
   features, mu_ref, sigma_ref, root_ref = _reference(features, mu_ref, sigma_ref)
@@ -270,7 +281,9 @@ def frechet_distance_bootstrap(*, features, mu_ref, sigma_ref, num_resamples=200
     second = np.zeros((counts.shape[0], dim, dim))
     for row in range(0, num, rows_per_block):
       block = centred[row:row + rows_per_block]
-      second += np.swapaxes(counts[:, row:row + rows_per_block, None] * block, 1, 2) @ block
+      # Σ_i c_bi x_i x_iᵀ for every b as one flat product [(b·D), rows] @ [rows, D].
+      weighted = np.swapaxes(counts[:, row:row + rows_per_block, None] * block, 1, 2)
+      second += (np.ascontiguousarray(weighted).reshape(-1, block.shape[0]) @ block).reshape(second.shape)
     # np.cov of the resampled rows: (Σ_i c_i x_i x_iᵀ − N μ* μ*ᵀ) / (N − 1).
     covariances = (second - num * means[:, :, None] * means[:, None, :]) / (num - 1)
     replicates.append(_frechet_to_fixed_reference(mean + means, covariances, mu_ref=mu_ref,
