@@ -87,6 +87,20 @@ def test_edm2_recipe_from_uint8_images_matches(fixture, small_variables, group):
   _assert_matches(features, fixture[f'recipe_{group}_official'], f'EDM2 recipe, {group}')
 
 
+def test_float_images_in_minus_one_one_match_uint8(fixture, small_variables):
+  images = fixture['recipe_rgb32_images'].astype(np.float32) / 127.5 - 1.0
+  features = dinov2.dinov2_features(small_variables, images, architecture=SMALL, image_size=42)
+  _assert_matches(features, fixture['recipe_rgb32_official'], 'EDM2 recipe from float input')
+
+
+def test_bad_inputs_are_refused(small_variables):
+  with pytest.raises(ValueError, match='NHWC'):
+    dinov2.preprocess_images(np.zeros((2, 3, 32, 32), np.uint8))
+  with pytest.raises(ValueError, match='multiple of the patch size'):
+    dinov2.dinov2_features(small_variables, np.zeros((1, 32, 32, 3), np.uint8), architecture=SMALL,
+                           image_size=40)
+
+
 def test_edm2_recipe_at_224_with_vit_l14_position_grid(fixture):
   variables = dinov2.variables_from_state_dict(_state_dict(fixture, 'geometry'), GEOMETRY)
   features = dinov2.compute_features(variables, [fixture['geometry_rgb64_images'][:1],
