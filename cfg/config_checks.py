@@ -2,7 +2,11 @@
 
 DATASETS = ('fashion_mnist', 'cifar10', 'imagenet64', 'imagenet128')
 MODES = ('train', 'sample', 'eval', 'sweep')
-SAMPLERS = ('ancestral', 'ddim')
+SAMPLERS = ('ancestral', 'ddim', 'dpmpp_2m', 'heun')  # cfg.solvers.SOLVERS (a test keeps them equal)
+GRIDS = ('uniform_u', 'uniform_logsnr', 'edm')  # cfg.solvers.GRIDS
+METHODS = ('cfg', 'interval', 'schedule', 'rescale', 'threshold', 'apg', 'cfgpp', 'cfg_zero_star',
+           'autoguidance')  # cfg.guidance.METHODS
+SCHEDULES = ('constant', 'linear', 'cosine', 'step')  # cfg.guidance.SCHEDULES
 
 
 class ConfigError(ValueError):
@@ -32,18 +36,13 @@ def check_config(config):
            f'config.diffusion.p_uncond={d.p_uncond} must lie in [0, 1] (the paper uses 0.1, 0.2, 0.5).')
   _require(d.logsnr_min < d.logsnr_max,
            f'config.diffusion.logsnr_min={d.logsnr_min} must be below logsnr_max={d.logsnr_max}.')
-  s = config.sampling
-  _require(s.sampler in SAMPLERS, f'config.sampling.sampler={s.sampler!r} is unknown; use one of {SAMPLERS}.')
-  _require(s.num_steps >= 1, f'config.sampling.num_steps={s.num_steps} must be a positive number of steps.')
-  _require(0.0 <= s.variance_interp <= 1.0,
-           f'config.sampling.variance_interp={s.variance_interp} must lie in [0, 1] (paper: 0.3 or 0.2).')
-  _require(s.num_samples >= 1 and s.batch_size >= 1,
-           'config.sampling.num_samples and config.sampling.batch_size must be positive.')
+  _check_sampling(config)
   weights = guidance_weights(config)
   _require(len(weights) >= 1, 'config.guidance.weights is empty; give at least one guidance weight.')
   _require(min(weights) >= -1.0,
            f'guidance weight {min(weights)} is below -1: w = -1 is already the unconditional model '
            '(scale s = 1 + w = 0); use w >= -1.')
+  _check_guidance(config, weights)
   o = config.optim
   _require(o.optimizer in ('adam', 'adamw'), f'config.optim.optimizer={o.optimizer!r}; use adam or adamw.')
   _require(o.learning_rate > 0, f'config.optim.learning_rate={o.learning_rate} must be positive.')
@@ -58,3 +57,49 @@ def check_config(config):
            f'config.model.compute_dtype={m.compute_dtype!r}; use float32 or bfloat16.')
   _require((m.num_heads > 0) != (m.head_channels > 0),
            'set exactly one of config.model.num_heads and config.model.head_channels (the other -1).')
+
+
+def _check_sampling(config):
+  s = config.sampling
+  _require(s.sampler in SAMPLERS, f'config.sampling.sampler={s.sampler!r} is unknown; use one of {SAMPLERS}.')
+  _require(s.grid in GRIDS, f'config.sampling.grid={s.grid!r} is unknown; use one of {GRIDS}.')
+  _require(s.num_steps >= 2, f'config.sampling.num_steps={s.num_steps} must be at least 2 grid levels '
+           '(from λ_min to λ_max); a positive number of steps.')
+  if s.nfe is not None:
+    _require(s.nfe >= 1 and (s.sampler != 'heun' or s.nfe % 2 == 0),
+             f'config.sampling.nfe={s.nfe} must be a positive number of network evaluations per image '
+             '(even for heun, which evaluates twice per step).')
+  _require(0.0 <= s.variance_interp <= 1.0,
+           f'config.sampling.variance_interp={s.variance_interp} must lie in [0, 1] (paper: 0.3 or 0.2).')
+  _require(0.0 <= s.eta <= 1.0, f'config.sampling.eta={s.eta} must lie in [0, 1] (DDIM: 0 deterministic, '
+           '1 the posterior variance).')
+  _require(s.num_samples >= 1 and s.batch_size >= 1,
+           'config.sampling.num_samples and config.sampling.batch_size must be positive.')
+
+
+def _check_guidance(config, weights):
+  g, d = config.guidance, config.diffusion
+  _require(g.method in METHODS, f'config.guidance.method={g.method!r} is unknown; use one of {METHODS}.')
+  _require(g.schedule in SCHEDULES,
+           f'config.guidance.schedule={g.schedule!r} is unknown; use one of {SCHEDULES}.')
+  lo = d.logsnr_min if g.logsnr_lo is None else g.logsnr_lo
+  hi = d.logsnr_max if g.logsnr_hi is None else g.logsnr_hi
+  _require(d.logsnr_min <= lo < hi <= d.logsnr_max,
+           f'the guidance interval [logsnr_lo, logsnr_hi] = [{lo}, {hi}] must be increasing and lie in '
+           f'[λ_min, λ_max] = [{d.logsnr_min}, {d.logsnr_max}] (EDM σ bounds: λ = −2 log σ).')
+  _require(0.0 <= g.rescale <= 1.0, f'config.guidance.rescale={g.rescale} (φ) must lie in [0, 1] '
+           '(Lin et al. use 0.7; 0 is plain CFG).')
+  _require(0.0 < g.percentile <= 100.0,
+           f'config.guidance.percentile={g.percentile} must lie in (0, 100] (Imagen uses 99.5).')
+  _require(0.0 <= g.step_u <= 1.0, f'config.guidance.step_u={g.step_u} must lie in [0, 1].')
+  _require(g.apg_norm_cap is None or g.apg_norm_cap > 0,
+           f'config.guidance.apg_norm_cap={g.apg_norm_cap} (r) must be positive, or None for no cap.')
+  if g.method == 'cfgpp':
+    _require(config.sampling.sampler == 'ddim',
+             f'guidance.method=cfgpp (CFG++) needs a solver that re-noises with ε: use '
+             f'sampling.sampler=ddim, not {config.sampling.sampler!r}.')
+    _require(max(weights) <= 0.0, f'CFG++ takes w ∈ [−1, 0] (its λ = s = 1 + w ∈ [0, 1]); got weight '
+             f'{max(weights)}.')
+  if g.method == 'autoguidance':
+    _require(bool(g.guide_workdir), 'guidance.method=autoguidance needs guidance.guide_workdir: the workdir '
+             'of a smaller or shorter-trained conditional model of the same data (Karras et al. 2024).')

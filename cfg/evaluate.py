@@ -23,7 +23,7 @@ from cfg import data, generate, parallel
 from cfg.config_checks import guidance_weights
 from cfg.evaluation import adm_io, metrics, rounds, tables
 from cfg.metric_writer import MetricWriter, image_grid, save_png
-from cfg.sample import load_ema_params
+from cfg.sample import load_ema_params, make_sample_fn
 
 
 @dataclasses.dataclass
@@ -61,11 +61,29 @@ def feature_space(config):
   return FeatureSpace('inception', score, reference, labels_meaningful=False)
 
 
+def _sampling_choices(config):
+  """What else changes the samples, beyond the paper's cfg + ancestral: [] for those, so their tags
+  stay as they were. DDIM's tag changed when its wasted last call was dropped ('ddim: T-1 steps')."""
+  s, g = config.sampling, config.guidance
+  choices = {}
+  if s.sampler != 'ancestral':
+    choices.update(solver_version='ode: T-1 steps, x = z_T/alpha_T', eta=s.eta)
+  if s.grid != 'uniform_u':
+    choices['grid'] = s.grid
+  if g.method != 'cfg':
+    choices.update(method=g.method, params=generate.guidance_params(config)._asdict(),
+                   schedule=g.schedule, guide=[g.guide_workdir, g.guide_step])
+  return [choices] if choices else []
+
+
 def evaluation_tag(config, step, weights):
   """A folder name that changes whenever the samples would."""
   s = config.sampling
-  digest = hashlib.sha256(json.dumps([list(weights), s.clip_x, s.variance_interp]).encode()).hexdigest()
-  return f'step{step}_{s.sampler}{s.num_steps}_n{s.num_samples}_seed{s.seed}_{digest[:8]}'
+  digest = hashlib.sha256(json.dumps([list(weights), s.clip_x, s.variance_interp]
+                                     + _sampling_choices(config)).encode()).hexdigest()
+  method = '' if config.guidance.method == 'cfg' else f'_{config.guidance.method}'
+  return (f'step{step}_{s.sampler}{generate.num_steps(config)}{method}_n{s.num_samples}_seed{s.seed}'
+          f'_{digest[:8]}')
 
 
 def score_weights(space, weights, features, logits, labels):
@@ -98,7 +116,8 @@ def run(config, workdir, *, on_round: Optional[Callable[[int], None]] = None):
   directory = os.path.join(workdir, 'eval', evaluation_tag(config, step, weights))
   rounds.open_rounds(directory, {'weights': weights, 'step': step,
                                  'sampling': config.sampling.to_dict(), 'feature_space': space.name})
-  sample_fn = generate.make_sample_fn(model, config, mesh)
+  print(generate.describe_evaluations(config), flush=True)
+  sample_fn = make_sample_fn(model, config, mesh)
   batch_size, total = config.sampling.batch_size, config.sampling.num_samples
   num_rounds = -(-total // batch_size)
 
@@ -121,12 +140,18 @@ def run(config, workdir, *, on_round: Optional[Callable[[int], None]] = None):
 
 
 def _write_outputs(config, directory, workdir, step, rows, images, labels):
-  info = {'step': step, 'sampler': config.sampling.sampler, 'num_steps': config.sampling.num_steps,
+  nfe = generate.evaluations(config)
+  info = {'step': step, 'sampler': config.sampling.sampler, 'num_steps': generate.num_steps(config),
+          'nfe_per_image': nfe.total, 'nfe_main': nfe.main, 'nfe_guiding': nfe.ref,
+          'method': config.guidance.method, 'grid': config.sampling.grid,
           'num_samples': config.sampling.num_samples, 'p_uncond': config.diffusion.p_uncond,
           'seed': config.sampling.seed}
   tables.write_tables(directory, rows, info)
+  tables.write_text(os.path.join(directory, 'table.md'),  # the table with its sampler, T and NFE above it
+                    f'{generate.describe_evaluations(config)}\n\n{tables.markdown_table(rows)}\n')
   tables.tradeoff_plot(os.path.join(directory, 'tradeoff.png'), {'this run': rows},
-                       title=f'{config.data.name}, step {step}, {config.sampling.sampler} T={config.sampling.num_steps}')
+                       title=f'{config.data.name}, step {step}, {config.sampling.sampler} '
+                       f'T={info["num_steps"]} NFE={nfe.total}, {config.guidance.method}')
   order = np.argsort(labels[:100], kind='stable')
   for row, per_weight in zip(rows, images):
     w = row['w']

@@ -11,37 +11,96 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from cfg import data, parallel, samplers
+from cfg import data, guidance, parallel, samplers, solvers
 from cfg.evaluation.adm_io import to_uint8
 
 
+def num_steps(config):
+  """T: `sampling.num_steps`, or the grid levels that spend `sampling.nfe` unguided evaluations per
+  image (ancestral T = nfe; ddim, dpmpp_2m T = nfe + 1; heun T = nfe/2 + 1)."""
+  s = config.sampling
+  if s.nfe is None:
+    return s.num_steps
+  solver = solvers.get_solver(s.sampler)
+  steps = s.nfe // solver.evals
+  return steps if solver.evaluates_last_level else steps + 1
+
+
+def guidance_params(config, weights=0.0):
+  """GuidanceParams of `config.guidance` with w = `weights` (a scalar or [K]); the rest are scalars."""
+  g, d = config.guidance, config.diffusion
+  return guidance.GuidanceParams(
+      w=weights, logsnr_lo=d.logsnr_min if g.logsnr_lo is None else g.logsnr_lo,
+      logsnr_hi=d.logsnr_max if g.logsnr_hi is None else g.logsnr_hi, rescale=g.rescale,
+      percentile=g.percentile, apg_eta=g.apg_eta,
+      apg_norm_cap=float('inf') if g.apg_norm_cap is None else g.apg_norm_cap, apg_beta=g.apg_beta,
+      step_u=g.step_u)
+
+
+def method(config):
+  return guidance.get_method(config.guidance.method, schedule=config.guidance.schedule)
+
+
 def sampler_kwargs(config):
-  """The static sampler arguments that `config.sampling` and `config.diffusion` describe."""
+  """The static sampler arguments that `config.sampling`, `config.guidance` and `config.diffusion` describe."""
   s, d = config.sampling, config.diffusion
-  kwargs = dict(
-      image_shape=data.image_shape(config.data),
-      num_steps=s.num_steps, null_label=config.data.num_classes, clip_x=s.clip_x,
+  return dict(
+      image_shape=data.image_shape(config.data), num_steps=num_steps(config),
+      null_label=config.data.num_classes, clip_x=s.clip_x, method=method(config), solver=s.sampler,
+      grid=s.grid, solver_params=solvers.SolverParams(variance_interp=s.variance_interp, eta=s.eta),
       logsnr_min=d.logsnr_min, logsnr_max=d.logsnr_max)
-  if s.sampler == 'ancestral':
-    kwargs['variance_interp'] = s.variance_interp
-  return kwargs
 
 
-def make_sample_fn(model, config, mesh):
-  """jit(params, key, labels [B], example_ids [B], weights [K]) → x̂ [K, B, H, W, C] in [−1, 1]."""
-  sampler = samplers.get_sampler(config.sampling.sampler)
+def evaluations(config, w=1.0):
+  """Network evaluations per image of one sample (`samplers.Evaluations`: main, ref, total)."""
+  d = config.diffusion
+  return samplers.count_evaluations(
+      solver=config.sampling.sampler, method=method(config), num_steps=num_steps(config),
+      grid=config.sampling.grid, params=guidance_params(config, w), logsnr_min=d.logsnr_min,
+      logsnr_max=d.logsnr_max)
+
+
+def describe_evaluations(config):
+  """One line: sampler, T and the NFE per image, e.g. 'ddim T=16: NFE 30 per image (15 + 15 guiding)'."""
+  nfe = evaluations(config)
+  return (f'{config.sampling.sampler} T={num_steps(config)} ({config.sampling.grid} grid), '
+          f'{config.guidance.method}: NFE {nfe.total} per image ({nfe.main} main + {nfe.ref} guiding)')
+
+
+def make_sample_fn(model, config, mesh, *, guide=None):
+  """jit(params, key, labels [B], example_ids [B], weights [K]) → x̂ [K, B, H, W, C] in [−1, 1].
+
+  guide: (guide model, guide params) for autoguidance; its params are an argument of the program,
+  bound here, so the callers' signature is the same with and without a guide.
+  """
   kwargs = sampler_kwargs(config)
+  shared = guidance_params(config)
 
-  def sample(params, key, labels, example_ids, weights):
+  def sample(params, key, labels, example_ids, weights, guide_params):
     denoise = functools.partial(model.apply, params)
+    guide_denoise = None if guide is None else functools.partial(guide[0].apply, guide_params)
     return samplers.sample_sweep(
-        functools.partial(sampler, denoise), guidance_weights=weights, key=key, labels=labels,
-        example_ids=example_ids, **kwargs)
+        functools.partial(samplers.sample, denoise, guide_denoise=guide_denoise),
+        params=shared._replace(w=weights), key=key, labels=labels, example_ids=example_ids,
+        **kwargs)
 
-  rows = parallel.batch_sharded(mesh)
-  return jax.jit(sample, in_shardings=(parallel.replicated(mesh), parallel.replicated(mesh), rows, rows,
-                                       parallel.replicated(mesh)),
-                 out_shardings=NamedSharding(mesh, P(None, parallel.DATA_AXIS)))
+  rows, replicated = parallel.batch_sharded(mesh), parallel.replicated(mesh)
+  jitted = jax.jit(sample, in_shardings=(replicated, replicated, rows, rows, replicated, replicated),
+                   out_shardings=NamedSharding(mesh, P(None, parallel.DATA_AXIS)))
+  return _BoundGuide(jitted, None if guide is None else guide[1])
+
+
+class _BoundGuide:
+  """fn(params, key, labels, example_ids, weights) with the guide's params bound; `lower` too."""
+
+  def __init__(self, jitted, guide_params):
+    self.jitted, self.guide_params = jitted, guide_params
+
+  def __call__(self, params, key, labels, example_ids, weights):
+    return self.jitted(params, key, labels, example_ids, weights, self.guide_params)
+
+  def lower(self, params, key, labels, example_ids, weights):
+    return self.jitted.lower(params, key, labels, example_ids, weights, self.guide_params)
 
 
 def labels_for(example_ids, *, num_classes, seed):
@@ -63,11 +122,17 @@ def sample_batches(sample_fn, params, *, mesh, config, weights, num_samples, fir
   for start in range(first, num_samples, batch_size):
     ids = np.arange(start, start + batch_size)  # the last batch is padded, then cut
     batch_labels = (labels_for(ids, num_classes=config.data.num_classes, seed=config.sampling.seed)
-                    if labels is None else np.resize(np.asarray(labels, np.int32), batch_size))
+                    if labels is None else _batch_rows(labels, start, batch_size))
     x = sample_fn(params, key, _local_rows(batch_labels, mesh), _local_rows(ids, mesh), weights)
     images = to_uint8(parallel.to_host(x))
     keep = min(batch_size, num_samples - start)
     yield ids[:keep], batch_labels[:keep], images[:, :keep]
+
+
+def _batch_rows(labels, start, batch_size):
+  """labels[start : start + batch_size], padded with label 0 past the end (those rows are cut)."""
+  rows = np.asarray(labels, np.int32)[start:start + batch_size]
+  return np.concatenate([rows, np.zeros(batch_size - len(rows), np.int32)])
 
 
 def _local_rows(array, mesh):

@@ -75,11 +75,15 @@ def _add_training(config):
 
 
 def _add_sampling_and_evaluation(config):
-  # Algorithm 2 (ancestral, v = variance_interp) or DDIM.
+  # Solvers (cfg/solvers.py): ancestral = Algorithm 2 (v = variance_interp), ddim (η = eta),
+  # dpmpp_2m (DPM-Solver++(2M)), heun (EDM). Grids: uniform_u (Algorithm 2), uniform_logsnr, edm (ρ = 7).
   config.sampling = config_dict.ConfigDict(dict(
-      sampler='ancestral',  # ancestral | ddim
-      num_steps=256,
+      sampler='ancestral',  # ancestral | ddim | dpmpp_2m | heun
+      grid='uniform_u',  # uniform_u | uniform_logsnr | edm
+      num_steps=256,  # T grid levels; ancestral evaluates all T, the ODE solvers take T − 1 steps
+      nfe=config_dict.placeholder(int),  # set: an unguided-NFE budget per image instead of num_steps
       variance_interp=0.3,
+      eta=0.0,  # DDIM's η ∈ [0, 1]: 0 deterministic, 1 the posterior variance
       clip_x=True,
       num_samples=1_000,
       batch_size=500,  # global, over all devices
@@ -87,9 +91,23 @@ def _add_sampling_and_evaluation(config):
   ))
 
   # Paper convention: ε̃ = (1 + w) ε_c − w ε_u; w = 0 is the conditional model (scale s = 1 + w).
+  # Methods (cfg/guidance.py, README "Guidance methods"): cfg | interval | schedule | rescale |
+  # threshold | apg | cfgpp | cfg_zero_star | autoguidance. Every number below is traced data.
   config.guidance = config_dict.ConfigDict(dict(
+      method='cfg',
       weights=(0.0, 0.3, 1.0, 3.0),
       w=config_dict.placeholder(float),  # set to sample at this one weight instead of `weights`
+      logsnr_lo=config_dict.placeholder(float),  # interval: guide for λ_lo ≤ λ ≤ λ_hi (σ_e = e^{−λ/2})
+      logsnr_hi=config_dict.placeholder(float),  # None: the grid's end
+      schedule='constant',  # schedule: constant | linear | cosine | step (over u; rising toward clean)
+      step_u=0.5,  # schedule=step: guide where u ≤ step_u
+      rescale=0.7,  # rescale: φ ∈ [0, 1] (Lin et al.: 0.7)
+      percentile=99.5,  # threshold: p ∈ (0, 100] (Imagen: 99.5)
+      apg_eta=0.0,  # apg: η of the parallel part (Sadat et al. recommend 0)
+      apg_norm_cap=config_dict.placeholder(float),  # apg: r; None = no cap
+      apg_beta=0.0,  # apg: momentum β (e.g. −0.5)
+      guide_workdir=config_dict.placeholder(str),  # autoguidance: the guide model's workdir
+      guide_step=config_dict.placeholder(int),  # autoguidance: its checkpoint step (None: latest)
   ))
 
   # Evaluation (launch.py modes eval / sweep): sample quality at every weight of guidance.weights.
