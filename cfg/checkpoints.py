@@ -4,23 +4,30 @@ Saves are asynchronous and atomic (orbax writes a temporary folder and renames i
 so a run killed during a write leaves the previous checkpoints intact. Restoring walks back from
 the newest step and skips one that cannot be read, saying so. Orbax's zarr chunks carry no checksum
 (a garbled byte can read back as a wrong value without error), so `meta` stores a word sum of every
-leaf and a restored state whose sums differ counts as unreadable.
+leaf and a restored state whose sums differ counts as unreadable. An unreadable checkpoint newer than
+the one restored is moved aside (`<directory>_unreadable/<step>`, never deleted): orbax saves only steps
+above the newest one it sees, so left in place it would silently refuse every save up to its step.
 """
 
 import os
+import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
+
+from cfg.errors import (CheckpointNotSavedError, MissingInputError, TrainingDivergedError, UserError,
+                        WorkdirError)
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(UserError):
   """The workdir holds checkpoints of another model shape than the config describes."""
 
 
-class NoReadableCheckpointError(ValueError):
+class NoReadableCheckpointError(UserError):
   """Every checkpoint in the workdir is damaged; they are kept, nothing is trained over them."""
 
 
@@ -89,11 +96,11 @@ class Checkpoints:
     while not os.path.exists(parent):
       parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
-      raise PermissionError(
+      raise WorkdirError(
           f'cannot write checkpoints to {directory}: {parent} is a file, not a folder. '
           'Pass a --workdir that is a folder (or does not exist yet) under a folder you can write to.')
     if not os.access(parent, os.W_OK):
-      raise PermissionError(
+      raise WorkdirError(
           f'cannot write checkpoints to {directory}: {parent} is not writable. '
           'Pass a --workdir you can write to.')
 
@@ -101,15 +108,25 @@ class Checkpoints:
     return self.manager.latest_step()
 
   def save(self, state, *, config, data_position, force=False):
-    """Saves asynchronously; refuses a state with NaN/Inf so a bad state never reaches disk."""
+    """Saves asynchronously; refuses a state with NaN/Inf so a bad state never reaches disk.
+
+    Raises CheckpointNotSavedError when orbax declines the save, so a run never ends without the
+    checkpoint it believes it wrote.
+    """
     if not all_finite(state.params) or not all_finite(state.ema_params):
-      raise FloatingPointError('refusing to save a train state with non-finite parameters.')
+      raise TrainingDivergedError('refusing to save a train state with non-finite parameters; the last '
+                                  'checkpoint is intact. Lower config.optim.learning_rate.')
     step = int(state.step)
-    return self.manager.save(step, force=force, args=ocp.args.Composite(
+    saved = self.manager.save(step, force=force, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         meta=ocp.args.JsonSave({'data_position': int(data_position), 'step': step,
                                 'checksums': checksums(state)}),
         config=ocp.args.JsonSave(config.to_dict())))
+    if not saved:
+      raise CheckpointNotSavedError(
+          f'the checkpoint at step {step} was not saved: {self.manager.directory} already holds step '
+          f'{self.manager.latest_step()}. Is another run writing to this workdir? Nothing was overwritten.')
+    return saved
 
   def check_compatible(self, step, abstract_state):
     """Raises CheckpointMismatchError when the saved state's shapes differ from the config's."""
@@ -131,9 +148,10 @@ class Checkpoints:
     steps = sorted(self.manager.all_steps(), reverse=True)
     if step is not None:
       if step not in steps:
-        raise FileNotFoundError(f'no checkpoint at step {step} in {self.manager.directory}; '
+        raise MissingInputError(f'no checkpoint at step {step} in {self.manager.directory}; '
                                 f'the steps there are {sorted(steps)}.')
       steps = [step]
+    unreadable = []
     for candidate in steps:
       try:
         self.check_compatible(candidate, abstract_state)
@@ -148,13 +166,33 @@ class Checkpoints:
         reason = str(error).split(' See full TensorStore')[0][:200]  # TensorStore appends its whole spec
         print(f'warning: checkpoint at step {candidate} cannot be read ({type(error).__name__}: {reason}); '
               'falling back to the previous one.', flush=True)
+        unreadable.append(candidate)
         continue
+      self._move_aside(unreadable)
       return restored['state'], restored['meta']
     if steps:
       raise NoReadableCheckpointError(
           f'none of the checkpoints in {self.manager.directory} (steps {sorted(steps)}) can be read; '
           'they were left as they are. Move that folder away to start again from step 0.')
     return None, None
+
+  def _move_aside(self, steps):
+    """Renames unreadable step folders to `<directory>_unreadable/<step>[.n]` (process 0; all wait)."""
+    if not steps:
+      return
+    aside = f'{os.fspath(self.manager.directory)}_unreadable'
+    if jax.process_index() == 0:
+      os.makedirs(aside, exist_ok=True)
+      for step in steps:
+        target = os.path.join(aside, str(step))
+        if os.path.exists(target):
+          target += f'.{time.strftime("%Y%m%d-%H%M%S")}'
+        os.rename(os.path.join(os.fspath(self.manager.directory), str(step)), target)
+        print(f'warning: moved the unreadable checkpoint at step {step} to {target}; '
+              'training continues from the one before and saves new ones in its place.', flush=True)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices('cfg.checkpoints.move_aside')
+    self.manager.reload()
 
   def restore_config(self, step):
     return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))['config']

@@ -36,6 +36,8 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
+from cfg.errors import MissingInputError
+
 _FASHION_MNIST_FILES = {
     'train': ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz'),
     'test': ('t10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz'),
@@ -44,7 +46,7 @@ _IDX_IMAGES_MAGIC = 0x00000803  # uint8 entries, 3 dimensions
 _IDX_LABELS_MAGIC = 0x00000801  # uint8 entries, 1 dimension
 
 
-class DataNotFoundError(FileNotFoundError):
+class DataNotFoundError(MissingInputError):
   """The dataset's files are neither on disk nor downloadable; the message says how to get them."""
 
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from cfg import data, generate, parallel
 from cfg.config_checks import guidance_weights
+from cfg.errors import MissingInputError
 from cfg.evaluation import adm_io, metrics, rounds, tables
 from cfg.metric_writer import MetricWriter, image_grid, save_png
 from cfg.sample import load_ema_params, make_sample_fn
@@ -45,7 +46,7 @@ def feature_space(config):
     return FeatureSpace('fmnist', net.features_and_logits, reference, labels_meaningful=True)
   from cfg.evaluation import inception
   if e.inception_weights is None:
-    raise FileNotFoundError(
+    raise MissingInputError(
         'config.eval.inception_weights is not set: point it at the converted FID Inception .npz '
         f'(download {inception.TORCH_WEIGHTS_URL}, then `{inception.CONVERT_COMMAND}`).')
   variables = inception.load_inception_params(e.inception_weights)

@@ -19,12 +19,13 @@ import numpy as np
 from cfg import build, generate, parallel
 from cfg.checkpoints import Checkpoints
 from cfg.config_checks import ConfigError, guidance_weights
+from cfg.errors import MissingInputError
 from cfg.evaluation.adm_io import write_sample_batch
 from cfg.guidance import scale_from_weight
 from cfg.metric_writer import image_grid, save_png
 
 
-class NoCheckpointError(FileNotFoundError):
+class NoCheckpointError(MissingInputError):
   """The workdir holds no checkpoint to sample from."""
 
 

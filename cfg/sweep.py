@@ -15,6 +15,7 @@ import os
 import shlex
 from typing import Any, Sequence
 
+from cfg.errors import MissingInputError
 from cfg.evaluation import tables
 
 
@@ -133,7 +134,7 @@ def collect(config, sweep, root, out_dir, extra_overrides=()):
       for metric in tables.metric_names([row]):
         combined[row['w']][f'{metric} @ {value}'] = row[metric]
   if not series:
-    raise FileNotFoundError(f'no finished evaluations under {root}; run the sweep first.')
+    raise MissingInputError(f'no finished evaluations under {root}; run the sweep first.')
   rows = [combined[w] for w in sorted(combined)]
   os.makedirs(out_dir, exist_ok=True)
   values = [str(v) for v in sweep.values]

@@ -18,6 +18,7 @@ import optax
 
 from cfg import build, data, generate, parallel
 from cfg.checkpoints import Checkpoints
+from cfg.errors import ResumeMismatchError, TrainingDivergedError
 from cfg.losses import cfg_loss, metric_means
 from cfg.metric_writer import MetricWriter, Progress, image_grid, save_png
 
@@ -32,8 +33,10 @@ class TrainState:
   num_skipped: jax.Array  # updates dropped because the loss or gradient was not finite
 
 
-def ema_decay(step, rate):
-  """min(rate, (1 + n) / (10 + n)): a warm-up so a short run's EMA forgets its random init."""
+def ema_decay(step, rate, *, warmup=True):
+  """min(rate, (1 + n) / (10 + n)) with warm-up (a short run's EMA forgets its random init), else rate."""
+  if not warmup:
+    return jnp.asarray(rate, jnp.float32)
   return jnp.minimum(rate, (1.0 + step) / (10.0 + step))
 
 
@@ -65,7 +68,7 @@ def train_step(state, batch, *, model, optimizer, config):
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  decay = ema_decay(state.step, config.optim.ema_rate)
+  decay = ema_decay(state.step, config.optim.ema_rate, warmup=config.optim.ema_warmup)
   ema_params = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
   keep_if_finite = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
   new_state = state.replace(
@@ -127,6 +130,29 @@ def restore_or_init(config, workdir, *, model, optimizer, mesh, step=None):
   return state, checkpoints
 
 
+# Fields that decide which examples every step sees; a resume that changes one silently jumps or reorders the data.
+DATA_ORDER_FIELDS = ('train.batch_size', 'seed')
+
+
+def check_resume_config(saved, config, step):
+  """Raises ResumeMismatchError when `config` changes a DATA_ORDER_FIELDS value of the checkpoint's config
+  `saved` (a dict), unless `train.resume_accept_data_change` is set."""
+  if config.train.resume_accept_data_change:
+    return
+  for field in DATA_ORDER_FIELDS:
+    node = saved
+    for key in field.split('.'):
+      node = node.get(key) if isinstance(node, dict) else None
+    now = config
+    for key in field.split('.'):
+      now = now[key]
+    if node is not None and node != now:
+      raise ResumeMismatchError(
+          f'config.{field}={now!r}, but the checkpoint at step {step} was trained with {node!r}: resuming '
+          'would change which examples the following steps see. Pass the same value, a new --workdir, or '
+          '--config.train.resume_accept_data_change=True to accept the change.')
+
+
 def train_and_evaluate(config, workdir):
   """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the final TrainState."""
   mesh = parallel.data_mesh()
@@ -135,6 +161,8 @@ def train_and_evaluate(config, workdir):
   optimizer = build.optimizer_from_config(config.optim)
   state, checkpoints = restore_or_init(config, workdir, model=model, optimizer=optimizer, mesh=mesh)
   start_step = int(state.step)
+  if start_step:
+    check_resume_config(checkpoints.restore_config(start_step), config, start_step)
   is_writer = jax.process_index() == 0
   writer = MetricWriter(os.path.join(workdir, 'tensorboard'), enabled=is_writer)
   progress = Progress(total_steps=config.train.num_steps, start_step=start_step, enabled=is_writer)
@@ -195,7 +223,7 @@ def _check_nonfinite(config, state, skipped_seen, step):
   """With on_nonfinite='stop', ends the run at the first skipped (non-finite) update."""
   skipped = int(state.num_skipped)
   if skipped > skipped_seen and config.train.on_nonfinite == 'stop':
-    raise FloatingPointError(
+    raise TrainingDivergedError(
         f'non-finite loss or gradient before step {step} ({skipped} update(s) skipped). The last '
         'checkpoint is intact. Lower config.optim.learning_rate or set config.train.on_nonfinite=skip.')
   return skipped

@@ -59,6 +59,7 @@ def _add_training(config):
       weight_decay=0.0,
       grad_clip_norm=1.0,
       ema_rate=0.9999,
+      ema_warmup=True,  # decay min(ema_rate, (1 + n)/(10 + n)); False: ema_rate from step 0
   ))
 
   config.train = config_dict.ConfigDict(dict(
@@ -70,6 +71,7 @@ def _add_training(config):
       preview_every=5_000,  # EMA sample grids to TensorBoard; 0 turns them off
       preview_per_class=1,
       on_nonfinite='skip',  # skip: drop the update and count it | stop: end the run with an error
+      resume_accept_data_change=False,  # resume although batch_size or seed differ from the checkpoint's
   ))
 
 

@@ -1,5 +1,6 @@
-"""Checkpoints: a damaged newest checkpoint falls back to the one before, saying so; all damaged, or an
-unwritable workdir, is one clear error."""
+"""Checkpoints: a damaged newest checkpoint falls back to the one before, saying so, and is moved aside so
+training saves past it; all damaged, an unwritable workdir, a refused save or a resume that changes the
+data order is one clear error."""
 
 import glob
 import os
@@ -12,7 +13,8 @@ import numpy as np
 import pytest
 
 from cfg import build, parallel, train
-from cfg.checkpoints import NoReadableCheckpointError
+from cfg.checkpoints import Checkpoints, NoReadableCheckpointError
+from cfg.errors import CheckpointNotSavedError, ResumeMismatchError
 from tests.smoke_config import smoke_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,11 +33,11 @@ def trained(tmp_path_factory):
   return workdir, jax.device_get(after_three)
 
 
-def _restore(workdir):
+def _restore(workdir, step=None):
   config = smoke_config()
   state, checkpoints = train.restore_or_init(
       config, workdir, model=build.model_from_config(config),
-      optimizer=build.optimizer_from_config(config.optim), mesh=parallel.data_mesh())
+      optimizer=build.optimizer_from_config(config.optim), mesh=parallel.data_mesh(), step=step)
   checkpoints.close()
   return state
 
@@ -106,3 +108,54 @@ def test_workdir_that_cannot_be_a_folder_is_one_clear_error(tmp_path, make_workd
                           cwd=ROOT, capture_output=True, text=True)
   assert result.returncode != 0
   assert 'is a file, not a folder' in result.stderr and 'Traceback' not in result.stderr, result.stderr
+
+
+def _files(folder):
+  return sorted(os.path.relpath(os.path.join(d, f), folder) for d, _, fs in os.walk(folder) for f in fs)
+
+
+def test_fall_back_from_n_train_past_n_and_restore_the_new_n(trained, tmp_path, capsys):
+  """Orbax saves only above the newest step it sees: the unreadable 6 must move aside (kept whole)."""
+  workdir, _ = trained
+  damaged = str(tmp_path / 'run')
+  shutil.copytree(workdir, damaged)
+  DAMAGE['state_folder_missing'](os.path.join(damaged, 'checkpoints', '6', 'state'))
+  unreadable_files = _files(os.path.join(damaged, 'checkpoints', '6'))
+  capsys.readouterr()
+  train.train_and_evaluate(smoke_config(num_steps=7), damaged)
+  out = capsys.readouterr().out
+  assert 'moved the unreadable checkpoint at step 6' in out, out
+  assert _files(os.path.join(damaged, 'checkpoints_unreadable', '6')) == unreadable_files
+  assert sorted(os.listdir(os.path.join(damaged, 'checkpoints'))) == ['6', '7']
+  assert int(_restore(damaged).step) == 7
+  # Resume is exact, so the new 6 (trained 4–6 after the fallback) is the undamaged run's 6, bit for bit.
+  for a, b in zip(jax.tree.leaves(_restore(damaged, step=6)), jax.tree.leaves(_restore(workdir))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_refused_save_is_an_error_not_silence(trained, tmp_path):
+  workdir, _ = trained
+  copy = str(tmp_path / 'run')
+  shutil.copytree(workdir, copy)
+  state = _restore(copy)
+  checkpoints = Checkpoints(os.path.join(copy, 'checkpoints'), max_to_keep=2)
+  with pytest.raises(CheckpointNotSavedError, match='step 5 was not saved: .* already holds step 6'):
+    checkpoints.save(state.replace(step=state.step - 1), config=smoke_config(), data_position=5)
+  checkpoints.close()
+  assert sorted(os.listdir(os.path.join(copy, 'checkpoints'))) == ['3', '6']
+
+
+@pytest.mark.parametrize('field, value', [('train.batch_size', 8), ('seed', 1)])
+def test_resume_with_another_data_order_stops_naming_the_field(trained, tmp_path, field, value):
+  workdir, _ = trained
+  copy = str(tmp_path / 'run')
+  shutil.copytree(workdir, copy)
+  config = smoke_config(num_steps=7)
+  config.update_from_flattened_dict({field: value})
+  with pytest.raises(ResumeMismatchError, match=rf'config.{field}={value}, but the checkpoint at step 6 '
+                                                r'was trained with (16|0)'):
+    train.train_and_evaluate(config, copy)
+  assert sorted(os.listdir(os.path.join(copy, 'checkpoints'))) == ['3', '6']
+  if field == 'seed':  # accepted explicitly, the run continues
+    config.train.resume_accept_data_change = True
+    assert int(train.train_and_evaluate(config, copy).step) == 7

@@ -34,6 +34,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from cfg import data
+from cfg.errors import MissingInputError
 
 INFO_FILE = 'feature_net.json'
 VARIABLES_DIR = 'variables'
@@ -268,11 +269,11 @@ def save_feature_net(feature_net, directory, *, overwrite=False, provenance=None
 
 
 def load_feature_net(directory):
-  """The TrainedFeatureNet saved in `directory`; FileNotFoundError naming the command to make it."""
+  """The TrainedFeatureNet saved in `directory`; MissingInputError naming the command to make it."""
   info_path = os.path.join(directory, INFO_FILE)
   variables_path = os.path.join(os.path.abspath(directory), VARIABLES_DIR)
   if not os.path.isfile(info_path) or not os.path.isdir(variables_path):
-    raise FileNotFoundError(
+    raise MissingInputError(
         f'No Fashion-MNIST feature network in {directory!r} (it needs {INFO_FILE} and '
         f'{VARIABLES_DIR}/). Create it with: {CREATE_COMMAND.format(directory=directory)}')
   with open(info_path) as f:

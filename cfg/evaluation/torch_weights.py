@@ -11,6 +11,8 @@ import os
 
 import numpy as np
 
+from cfg.errors import MissingInputError
+
 
 def file_sha256(path):
   digest = hashlib.sha256()
@@ -67,7 +69,7 @@ def read_converted_npz(path, *, network, url, convert_command):
   if path.endswith('.pth'):
     raise ValueError(f'{path} is the PyTorch weights file; this network reads the converted .npz. {how}')
   if not os.path.exists(path):
-    raise FileNotFoundError(f'No {network} weights at {path}. {how}')
+    raise MissingInputError(f'No {network} weights at {path}. {how}')
   with np.load(path) as npz:
     return dict(npz)
 
