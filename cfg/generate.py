@@ -19,11 +19,7 @@ def num_steps(config):
   """T: `sampling.num_steps`, or the grid levels that spend `sampling.nfe` unguided evaluations per
   image (ancestral T = nfe; ddim, dpmpp_2m T = nfe + 1; heun T = nfe/2 + 1)."""
   s = config.sampling
-  if s.nfe is None:
-    return s.num_steps
-  solver = solvers.get_solver(s.sampler)
-  steps = s.nfe // solver.evals
-  return steps if solver.evaluates_last_level else steps + 1
+  return s.num_steps if s.nfe is None else samplers.num_steps_for_nfe(s.sampler, s.nfe)
 
 
 def guidance_params(config, weights=0.0):
@@ -85,8 +81,9 @@ def make_sample_fn(model, config, mesh, *, guide=None):
         **kwargs)
 
   rows, replicated = parallel.batch_sharded(mesh), parallel.replicated(mesh)
-  jitted = jax.jit(sample, in_shardings=(replicated, replicated, rows, rows, replicated, replicated),
-                   out_shardings=NamedSharding(mesh, P(None, parallel.DATA_AXIS)))
+  jitted = parallel.jit(
+      sample, in_shardings=(replicated, replicated, rows, rows, replicated, replicated),
+      out_shardings=NamedSharding(mesh, P(None, parallel.DATA_AXIS)))
   return _BoundGuide(jitted, None if guide is None else guide[1])
 
 

@@ -271,6 +271,14 @@ def sample_sweep(sampler_fn, *, guidance_weights=None, params=None, **kwargs):
   return jax.vmap(lambda p: sampler_fn(params=p, **kwargs), in_axes=(axes,))(params)
 
 
+def num_steps_for_nfe(solver, nfe):
+  """The grid levels T that spend `nfe` unguided evaluations per image (ancestral T = nfe; ddim and
+  dpmpp_2m T = nfe + 1; heun, two evaluations a step, T = nfe/2 + 1)."""
+  solver = solvers.get_solver(solver) if isinstance(solver, str) else solver
+  steps = nfe // solver.evals
+  return steps if solver.evaluates_last_level else steps + 1
+
+
 class Evaluations(NamedTuple):
   """Network evaluations per image: `main` (conditional or main network) and `ref` (∅ or guide)."""
   main: int

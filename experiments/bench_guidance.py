@@ -15,18 +15,16 @@ interleaved (A, B, A, B, …); a ratio is the median over repeats of A/B within 
 import argparse
 import functools
 import os
-import platform
 import statistics
 import sys
 
 import jax
-import jax.numpy as jnp
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-from cfg import samplers, solvers  # pylint: disable=g-import-not-at-top
+from cfg import samplers  # pylint: disable=g-import-not-at-top
 from cfg.guidance import GuidanceParams  # pylint: disable=g-import-not-at-top
-from cfg.models.unet import UNet, count_params  # pylint: disable=g-import-not-at-top
-from experiments.bench_sampler import paired_ratio, wall_seconds  # pylint: disable=g-import-not-at-top
+from cfg.models.unet import UNet  # pylint: disable=g-import-not-at-top
+from experiments.bench_sampler import paired_ratio, set_up, wall_seconds  # pylint: disable=g-import-not-at-top
 
 IMAGE_SHAPE = (28, 28, 1)
 NUM_CLASSES = 10
@@ -36,12 +34,6 @@ SAMPLERS = ('ancestral', 'ddim', 'dpmpp_2m', 'heun')
 def make_model():
   return UNet(base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attn_resolutions=(14,),
               head_channels=16, dropout=0.0, num_classes=NUM_CLASSES, norm_groups=8)
-
-
-def steps_for_budget(sampler, nfe):
-  solver = solvers.get_solver(sampler)
-  steps = nfe // solver.evals
-  return steps if solver.evaluates_last_level else steps + 1
 
 
 def make_sampler(model, *, sampler, method, num_steps):
@@ -66,20 +58,13 @@ def main():
   flags = parser.parse_args()
 
   model = make_model()
-  key = jax.random.key(0)
-  labels = jnp.arange(flags.batch, dtype=jnp.int32) % NUM_CLASSES
-  params = model.init(key, jnp.zeros((1,) + IMAGE_SHAPE), jnp.zeros((1,)), jnp.zeros((1,), jnp.int32))
-  print(f'machine: {platform.node()} {platform.processor() or platform.machine()}, '
-        f'{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; '
-        f'jax {jax.__version__} on {jax.devices()[0].device_kind}')
-  print(f'network: UNet (channels 16/32), {count_params(model, IMAGE_SHAPE):,} parameters, '
-        f'images {IMAGE_SHAPE}, batch B = {flags.batch}')
+  key, labels, params = set_up(model, flags.batch, 'channels 16/32')
 
   # (a) every sampler at one budget.
   guided = GuidanceParams(w=1.0)
   calls, nfe = {}, {}
   for name in SAMPLERS:
-    steps = steps_for_budget(name, flags.nfe)
+    steps = samplers.num_steps_for_nfe(name, flags.nfe)
     fn = make_sampler(model, sampler=name, method='cfg', num_steps=steps)
     calls[name] = functools.partial(fn, params, key, labels, guided)
     nfe[name] = (steps, samplers.count_evaluations(solver=name, method='cfg', num_steps=steps))

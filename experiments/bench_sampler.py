@@ -62,6 +62,19 @@ def make_sweep(model, *, num_steps):
   return jax.jit(sweep)
 
 
+def set_up(model, batch, description):
+  """(key, labels [B], random params) of `model`; prints the machine and the network."""
+  key = jax.random.key(0)
+  labels = jnp.arange(batch, dtype=jnp.int32) % NUM_CLASSES
+  params = model.init(key, jnp.zeros((1,) + IMAGE_SHAPE), jnp.zeros((1,)), jnp.zeros((1,), jnp.int32))
+  print(f'machine: {platform.node()} {platform.processor() or platform.machine()}, '
+        f'{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; '
+        f'jax {jax.__version__} on {jax.devices()[0].device_kind}')
+  print(f'network: UNet ({description}), {count_params(model, IMAGE_SHAPE):,} parameters, '
+        f'images {IMAGE_SHAPE}, batch B = {batch}')
+  return key, labels, params
+
+
 def compile_seconds(jitted, *args):
   """Wall time of trace + lower + XLA compile."""
   start = time.perf_counter()
@@ -97,15 +110,7 @@ def main():
   flags = parser.parse_args()
 
   model = make_model()
-  key = jax.random.key(0)
-  labels = jnp.arange(flags.batch, dtype=jnp.int32) % NUM_CLASSES
-  z = jnp.zeros((1,) + IMAGE_SHAPE)
-  params = model.init(key, z, jnp.zeros((1,)), jnp.zeros((1,), jnp.int32))
-  print(f'machine: {platform.node()} {platform.processor() or platform.machine()}, '
-        f'{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; '
-        f'jax {jax.__version__} on {jax.devices()[0].device_kind}')
-  print(f'network: UNet (channels 32/64/64), {count_params(model, IMAGE_SHAPE):,} parameters, '
-        f'images {IMAGE_SHAPE}, batch B = {flags.batch}')
+  key, labels, params = set_up(model, flags.batch, 'channels 32/64/64')
 
   # (a) compile time does not grow with T.
   args = (params, key, labels, jnp.float32(1.0))
