@@ -513,7 +513,8 @@ def _counting_denoise(batch_sizes):
 
 
 ALL_SOLVERS = ['ancestral', 'ddim', 'dpmpp_2m', 'heun']
-ALL_METHODS = ['cfg', 'interval', 'schedule', 'rescale', 'threshold', 'apg', 'cfgpp', 'cfg_zero_star']
+ALL_METHODS = ['cfg', 'interval', 'schedule', 'rescale', 'threshold', 'apg', 'cfgpp', 'cfg_zero_star',
+               'autoguidance']
 # λ on the default T = 8 uniform-u grid: −20, −2.95, −1.46, −0.45, 0.45, 1.46, 2.95, 20.
 INTERVAL = dict(logsnr_lo=-2.0, logsnr_hi=1.0)
 
@@ -523,17 +524,21 @@ INTERVAL = dict(logsnr_lo=-2.0, logsnr_hi=1.0)
 def test_executed_network_evaluations_equal_count_evaluations(solver, method):
   if method == 'cfgpp' and solver != 'ddim':
     pytest.skip('CFG++ is defined for DDIM only (the error is tested above)')
-  batch_sizes = []
+  batch_sizes, guide_sizes = [], []
   params = samplers.GuidanceParams(w=1.5, rescale=0.5, **INTERVAL)
+  guide = _counting_denoise(guide_sizes) if method == 'autoguidance' else None
   x = samplers.sample(_counting_denoise(batch_sizes), key=jax.random.key(0), labels=SMALL_LABELS,
                       image_shape=IMAGE_SHAPE, num_steps=SMALL_STEPS, null_label=3, params=params,
-                      method=method, solver=solver)
+                      method=method, solver=solver, guide_denoise=guide)
   jax.block_until_ready(x)
   jax.effects_barrier()
   assert np.all(np.isfinite(np.asarray(x)))
   nfe = samplers.count_evaluations(solver=solver, method=method, num_steps=SMALL_STEPS,
                                    params=params)
   batch = len(SMALL_LABELS)
+  if method == 'autoguidance':  # two networks, each called with batch B at every evaluation
+    assert batch_sizes == [batch] * nfe.main and guide_sizes == [batch] * nfe.ref
+    batch_sizes = [2 * batch] * nfe.ref
   assert sum(batch_sizes) == nfe.total * batch  # a 2B call is 2 evaluations per image
   steps = SMALL_STEPS if solver == 'ancestral' else SMALL_STEPS - 1
   evals = steps * (2 if solver == 'heun' else 1)
