@@ -16,7 +16,7 @@ def model_from_config(config):
       num_res_blocks=m.num_res_blocks, attn_resolutions=tuple(m.attn_resolutions),
       num_heads=m.num_heads, head_channels=m.head_channels, dropout=m.dropout,
       num_classes=config.data.num_classes, resblock_updown=m.resblock_updown,
-      norm_groups=m.norm_groups, dtype=_DTYPES[m.compute_dtype])
+      norm_groups=m.norm_groups, dtype=_DTYPES[m.compute_dtype], remat=m.remat)
 
 
 def learning_rate_schedule(optim_config):

@@ -12,6 +12,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from cfg import data, guidance, parallel, samplers, solvers
+from cfg.config_checks import ConfigError
 from cfg.evaluation.adm_io import to_uint8
 
 
@@ -120,10 +121,22 @@ def sample_batches(sample_fn, params, *, mesh, config, weights, num_samples, fir
     ids = np.arange(start, start + batch_size)  # the last batch is padded, then cut
     batch_labels = (labels_for(ids, num_classes=config.data.num_classes, seed=config.sampling.seed)
                     if labels is None else _batch_rows(labels, start, batch_size))
-    x = sample_fn(params, key, _local_rows(batch_labels, mesh), _local_rows(ids, mesh), weights)
-    images = to_uint8(parallel.to_host(x))
+    rows = _local_rows(batch_labels, mesh), _local_rows(ids, mesh)
+    images = np.concatenate([to_uint8(parallel.to_host(sample_fn(params, key, *rows, chunk)))[:count]
+                             for chunk, count in weight_programs(weights, config.eval.weights_per_program)])
     keep = min(batch_size, num_samples - start)
     yield ids[:keep], batch_labels[:keep], images[:, :keep]
+
+
+def weight_programs(weights, per_program):
+  """(chunk [P], count) of weights [K] in programs of P = per_program weights (None: all K in one): the
+  last chunk is padded with its last weight (count says how many are real), so one program serves all."""
+  per = per_program or len(weights)
+  if per < 1:
+    raise ConfigError(f'config.eval.weights_per_program={per_program} must be a positive number or None.')
+  for start in range(0, len(weights), per):
+    chunk = weights[start:start + per]
+    yield jnp.concatenate([chunk, jnp.repeat(chunk[-1:], per - len(chunk))]), len(chunk)
 
 
 def _batch_rows(labels, start, batch_size):

@@ -64,16 +64,33 @@ def cfg_loss(denoise, *, key, images, labels, p_uncond, null_label,
                      f'labels {labels.shape}.')
   if isinstance(p_uncond, (int, float)) and not 0.0 <= p_uncond <= 1.0:
     raise ValueError(f'p_uncond is a probability and must lie in [0, 1]; got {p_uncond}.')
+  draws = training_draws(key=key, images=images, labels=labels, p_uncond=p_uncond, null_label=null_label,
+                         logsnr_min=logsnr_min, logsnr_max=logsnr_max)
+  return loss_from_draws(denoise, draws, logsnr_min=logsnr_min, logsnr_max=logsnr_max,
+                         num_buckets=num_buckets)
+
+
+def training_draws(*, key, images, labels, p_uncond, null_label, logsnr_min, logsnr_max):
+  """{z, logsnr, labels (some ∅), eps, dropped} of a batch: Algorithm 1's random draws, all from `key`.
+
+  Per-example arrays, so a batch's draws can be split into micro-batches (gradient accumulation).
+  """
   key_labels, key_logsnr, key_eps = jax.random.split(key, 3)
   labels, dropped = drop_labels(key_labels, labels, p_uncond=p_uncond, null_label=null_label)
   logsnr = sample_logsnr(key_logsnr, labels.shape, logsnr_min=logsnr_min, logsnr_max=logsnr_max)
   images = images.astype(jnp.float32)
   eps = jax.random.normal(key_eps, images.shape, jnp.float32)
   z = diffuse(x=images, eps=eps, logsnr=logsnr)
-  eps_hat = denoise(z, logsnr, labels).astype(jnp.float32)
-  per_example_loss = jnp.mean(jnp.square(eps_hat - eps), axis=tuple(range(1, images.ndim)))
+  return {'z': z, 'logsnr': logsnr, 'labels': labels, 'eps': eps, 'dropped': dropped}
+
+
+def loss_from_draws(denoise, draws, *, logsnr_min, logsnr_max, num_buckets=NUM_U_BUCKETS):
+  """(mean ε-MSE, metrics) of `training_draws` (or a micro-batch of them)."""
+  eps = draws['eps']
+  eps_hat = denoise(draws['z'], draws['logsnr'], draws['labels']).astype(jnp.float32)
+  per_example_loss = jnp.mean(jnp.square(eps_hat - eps), axis=tuple(range(1, eps.ndim)))
   loss = jnp.mean(per_example_loss)
-  u = u_from_logsnr(logsnr, logsnr_min=logsnr_min, logsnr_max=logsnr_max)
-  metrics = sum_and_count_metrics(per_example_loss, u=u, dropped=dropped, num_buckets=num_buckets)
+  u = u_from_logsnr(draws['logsnr'], logsnr_min=logsnr_min, logsnr_max=logsnr_max)
+  metrics = sum_and_count_metrics(per_example_loss, u=u, dropped=draws['dropped'], num_buckets=num_buckets)
   metrics = {'loss': loss, **metrics}
   return loss, metrics

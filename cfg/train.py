@@ -18,8 +18,9 @@ import optax
 
 from cfg import build, data, generate, parallel
 from cfg.checkpoints import Checkpoints
+from cfg.config_checks import ConfigError
 from cfg.errors import ResumeMismatchError, TrainingDivergedError
-from cfg.losses import cfg_loss, metric_means
+from cfg.losses import loss_from_draws, metric_means, training_draws
 from cfg.metric_writer import MetricWriter, Progress, image_grid, save_png
 
 
@@ -50,20 +51,46 @@ def init_state(config, model, optimizer):
                     num_skipped=jnp.zeros((), jnp.int32))
 
 
+def loss_and_grads(params, batch, *, model, config, loss_key, dropout_key):
+  """((loss, metrics), ∇loss) of Algorithm 1 on `batch`.
+
+  With k = train.grad_accum_steps > 1 the batch's draws (λ, ε, dropped labels: the same as for k = 1)
+  are split into k micro-batches, rows i, i + k, … (so each is spread over every device), whose
+  gradients a scan averages: only one micro-batch's activations are live. Dropout masks come from
+  fold_in(dropout_key, i), so with dropout > 0 they differ from k = 1.
+  """
+  d, k = config.diffusion, config.train.grad_accum_steps
+  draws = training_draws(key=loss_key, images=batch['images'], labels=batch['labels'], p_uncond=d.p_uncond,
+                         null_label=config.data.num_classes, logsnr_min=d.logsnr_min, logsnr_max=d.logsnr_max)
+
+  def micro_loss(params, micro, dropout_key):
+    def denoise(z, logsnr, labels):
+      return model.apply(params, z, logsnr, labels, train=True, rngs={'dropout': dropout_key})
+    return loss_from_draws(denoise, micro, logsnr_min=d.logsnr_min, logsnr_max=d.logsnr_max)
+
+  grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+  if k == 1:
+    return grad_fn(params, draws, dropout_key)
+  micro_batches = jax.tree.map(lambda x: x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1), draws)
+
+  def accumulate(total, inputs):
+    index, micro = inputs
+    return jax.tree.map(jnp.add, total, grad_fn(params, micro, jax.random.fold_in(dropout_key, index))), None
+
+  shapes = jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro_batches), dropout_key)
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+  ((loss, metrics), grads), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(k), micro_batches))
+  metrics = {name: value if name.startswith(('loss_sum/', 'count/')) else value / k  # sums stay sums
+             for name, value in metrics.items()}
+  return (loss / k, metrics), jax.tree.map(lambda g: g / k, grads)
+
+
 def train_step(state, batch, *, model, optimizer, config):
   """One update; a non-finite loss or gradient leaves params, EMA and optimizer state unchanged."""
   key = jax.random.fold_in(state.rng, state.step)
   loss_key, dropout_key = jax.random.split(key)
-  d = config.diffusion
-
-  def loss_fn(params):
-    def denoise(z, logsnr, labels):
-      return model.apply(params, z, logsnr, labels, train=True, rngs={'dropout': dropout_key})
-    return cfg_loss(denoise, key=loss_key, images=batch['images'], labels=batch['labels'],
-                    p_uncond=d.p_uncond, null_label=config.data.num_classes,
-                    logsnr_min=d.logsnr_min, logsnr_max=d.logsnr_max)
-
-  (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (loss, metrics), grads = loss_and_grads(state.params, batch, model=model, config=config,
+                                          loss_key=loss_key, dropout_key=dropout_key)
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -157,6 +184,11 @@ def train_and_evaluate(config, workdir):
   """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the final TrainState."""
   mesh = parallel.data_mesh()
   parallel.check_divisible(config.train.batch_size, mesh, 'config.train.batch_size')
+  accum = config.train.grad_accum_steps
+  if accum < 1 or config.train.batch_size % (accum * mesh.devices.size):
+    raise ConfigError(f'config.train.grad_accum_steps={accum} must be >= 1 and split the batch of '
+                      f'{config.train.batch_size} into micro-batches that divide over the {mesh.devices.size} '
+                      f'devices: batch_size must be a multiple of grad_accum_steps × {mesh.devices.size}.')
   model = build.model_from_config(config)
   optimizer = build.optimizer_from_config(config.optim)
   state, checkpoints = restore_or_init(config, workdir, model=model, optimizer=optimizer, mesh=mesh)

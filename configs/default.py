@@ -38,6 +38,7 @@ def _add_data_and_model(config):
       resblock_updown=True,
       norm_groups=32,  # GroupNorm groups (ADM: 32); must divide every level's width
       compute_dtype='float32',  # float32 | bfloat16 (params stay float32)
+      remat=False,  # recompute each residual / attention block's activations in the backward pass
   ))
 
 
@@ -71,6 +72,7 @@ def _add_training(config):
       preview_every=5_000,  # EMA sample grids to TensorBoard; 0 turns them off
       preview_per_class=1,
       on_nonfinite='skip',  # skip: drop the update and count it | stop: end the run with an error
+      grad_accum_steps=1,  # split each batch into this many micro-batches, one update of their mean
       resume_accept_data_change=False,  # resume although batch_size or seed differ from the checkpoint's
   ))
 
@@ -119,6 +121,7 @@ def _add_sampling_and_evaluation(config):
       inception_weights=config_dict.placeholder(str),  # .npz from cfg.evaluation.convert_inception
       reference_batch=config_dict.placeholder(str),  # ADM reference .npz (mu, sigma); None: eval split
       save_samples=True,  # ADM-format .npz of the samples per w
+      weights_per_program=config_dict.placeholder(int),  # None: all weights vmapped in one program
   ))
 
 

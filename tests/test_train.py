@@ -130,3 +130,37 @@ def test_ema_warmup_switch():
   np.testing.assert_allclose(train.ema_decay(2500, 0.999), 2501 / 2510, rtol=1e-6)
   for step in (0, 2500):
     np.testing.assert_allclose(train.ema_decay(step, 0.999, warmup=False), 0.999, rtol=1e-7)
+
+
+def _loss_and_grads(config, batch):
+  model = build.model_from_config(config)
+  state = train.init_state(config, model, build.optimizer_from_config(config.optim))
+  return jax.jit(lambda params: train.loss_and_grads(
+      params, batch, model=model, config=config, loss_key=jax.random.key(3),
+      dropout_key=jax.random.key(4)))(state.params)
+
+
+def _assert_close(a, b, rtol):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    x, y = np.asarray(x), np.asarray(y)
+    np.testing.assert_allclose(x, y, rtol=rtol, atol=rtol * np.max(np.abs(y)))
+
+
+def test_gradient_accumulation_gives_the_full_batch_update():
+  """4 micro-batches of 4 (the same λ, ε and dropped labels) ≈ one batch of 16: loss, sums, gradient."""
+  batch = _synthetic_batches(10, 16, 28)
+  config = smoke_config()
+  full = _loss_and_grads(config, batch)
+  config.train.grad_accum_steps = 4
+  accumulated = _loss_and_grads(config, batch)
+  assert accumulated[0][1]['count/all'] == 16
+  _assert_close(accumulated, full, rtol=1e-5)
+
+
+def test_remat_gives_the_same_gradients():
+  batch = _synthetic_batches(10, 16, 28)
+  config = smoke_config()
+  config.model.dropout = 0.1  # the recomputed forward pass replays the same dropout masks
+  plain = _loss_and_grads(config, batch)
+  config.model.remat = True
+  _assert_close(_loss_and_grads(config, batch), plain, rtol=1e-6)

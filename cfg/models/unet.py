@@ -48,6 +48,8 @@ class UNet(nn.Module):
       nearest-upsample + conv.
     norm_groups: GroupNorm groups (ADM: 32); smaller for toy widths.
     dtype: compute dtype (e.g. jnp.bfloat16); parameters stay float32, ε̂ is float32.
+    remat: recompute each residual and attention block's activations in the backward pass (nn.remat),
+      trading compute for the memory of the saved activations; the same parameters and gradients.
   """
   base_channels: int
   channel_mult: Sequence[int]
@@ -61,6 +63,7 @@ class UNet(nn.Module):
   resblock_updown: bool = True
   norm_groups: int = 32
   dtype: jnp.dtype = jnp.float32
+  remat: bool = False
 
   def check_inputs(self, z, logsnr, labels):
     """Raises ValueError for inputs the network cannot take."""
@@ -99,12 +102,17 @@ class UNet(nn.Module):
     return emb + class_embedding(labels)
 
   def res_block(self, out_channels, name, resample=None):
-    return ResBlock(out_channels, dropout=self.dropout, resample=resample,
-                    norm_groups=self.norm_groups, dtype=self.dtype, name=name)
+    kwargs = dict(dropout=self.dropout, resample=resample, norm_groups=self.norm_groups, dtype=self.dtype,
+                  name=name)
+    if not self.remat:
+      return ResBlock(out_channels, **kwargs)
+    block = nn.remat(_PositionalTrainResBlock, static_argnums=(3,))(out_channels, **kwargs)
+    return lambda h, emb, *, train: block(h, emb, train)
 
   def attention(self, name):
-    return AttentionBlock(num_heads=self.num_heads, head_channels=self.head_channels,
-                          norm_groups=self.norm_groups, dtype=self.dtype, name=name)
+    return (nn.remat(AttentionBlock) if self.remat else AttentionBlock)(
+        num_heads=self.num_heads, head_channels=self.head_channels, norm_groups=self.norm_groups,
+        dtype=self.dtype, name=name)
 
   def resample(self, h, emb, direction, name, *, train):
     """BigGAN residual resampling block, or ADM's plain conv resampling without resblock_updown."""
@@ -158,6 +166,14 @@ class UNet(nn.Module):
     out_channels = self.out_channels or z.shape[-1]
     eps = conv(out_channels, 3, dtype=jnp.float32, zero_init=True, name='conv_out')(h)
     return eps.astype(jnp.float32)
+
+
+class _PositionalTrainResBlock(ResBlock):
+  """ResBlock taking `train` positionally: nn.remat traces keyword arguments, but keeps a static
+  positional one a Python bool."""
+
+  def __call__(self, x, emb, train):  # pylint: disable=arguments-differ
+    return super().__call__(x, emb, train=train)
 
 
 def count_params(model, image_shape):
