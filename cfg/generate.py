@@ -72,6 +72,12 @@ def make_sample_fn(model, config, mesh, *, guide=None):
   """
   kwargs = sampler_kwargs(config)
   shared = guidance_params(config)
+  if guide is None and config.guidance.method == 'autoguidance':
+    # Callers without a guide (training previews) show CFG with the main network's own ∅ branch;
+    # `sample` and `eval` load the guide (cfg.sample.make_sample_fn) and never take this path.
+    print('note: no guide network here; sampling with guidance.method=cfg instead of autoguidance.',
+          flush=True)
+    kwargs['method'] = guidance.get_method('cfg')
 
   def sample(params, key, labels, example_ids, weights, guide_params):
     denoise = functools.partial(model.apply, params)

@@ -133,3 +133,10 @@ def test_autoguidance_rejects_a_missing_or_incompatible_guide(trained, tmp_path)
   other.data.image_size = 32
   with pytest.raises(ConfigError, match='data.image_size=28'):
     sample.load_guide(other, mesh)
+
+
+def test_without_a_guide_network_autoguidance_configs_preview_with_cfg(capsys):
+  config = _sample_config(method='autoguidance', guide_workdir='/nonexistent')
+  assert generate.sampler_kwargs(config)['method'] is guidance.get_method('autoguidance')
+  generate.make_sample_fn(None, config, parallel.data_mesh())  # builds, does not trace
+  assert 'sampling with guidance.method=cfg instead of autoguidance' in capsys.readouterr().out
