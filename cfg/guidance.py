@@ -128,9 +128,19 @@ def constant_weight(*, params, logsnr):
   return params.w
 
 
+def inside_interval(logsnr, *, logsnr_lo, logsnr_hi):
+  """λ_lo ≤ λ ≤ λ_hi, a bound within 1e-4 (1 + |bound|) of λ counting it in (numpy or traced).
+
+  The float32 grid's ends miss λ_min and λ_max by ~1e-3 (λ_1 = −20.0011), and an interval given as
+  [λ_min, λ_max] means every level.
+  """
+  slack = lambda bound: 1e-4 * (1.0 + abs(bound))
+  return (logsnr_lo - slack(logsnr_lo) <= logsnr) & (logsnr <= logsnr_hi + slack(logsnr_hi))
+
+
 def interval_weight(*, params, logsnr):
   """w(λ) = w · 1[λ_lo ≤ λ ≤ λ_hi] (Kynkäänniemi et al. 2024; outside, the conditional model)."""
-  inside = (params.logsnr_lo <= logsnr) & (logsnr <= params.logsnr_hi)
+  inside = inside_interval(logsnr, logsnr_lo=params.logsnr_lo, logsnr_hi=params.logsnr_hi)
   return jnp.where(inside, params.w, jnp.zeros_like(params.w))
 
 

@@ -107,13 +107,8 @@ def _levels(grid, *, evaluates_last_level):
 
 
 def guidance_plan(logsnrs, *, logsnr_lo, logsnr_hi):
-  """guided[t] = λ_lo ≤ λ_t ≤ λ_hi: the levels whose guiding branch runs (numpy or traced).
-
-  A bound within 1e-4 (1 + |bound|) of a level counts that level in: the float32 grid's ends miss
-  λ_min and λ_max by ~1e-3 (λ_1 = −20.0011), and an interval given as [λ_min, λ_max] means all.
-  """
-  slack = lambda bound: 1e-4 * (1.0 + abs(bound))
-  return (logsnr_lo - slack(logsnr_lo) <= logsnrs) & (logsnrs <= logsnr_hi + slack(logsnr_hi))
+  """guided[t] = λ_lo ≤ λ_t ≤ λ_hi (`guidance.inside_interval`): the levels whose guiding branch runs."""
+  return guidance.inside_interval(logsnrs, logsnr_lo=logsnr_lo, logsnr_hi=logsnr_hi)
 
 
 def _clip_x(*, pred, z, logsnr):

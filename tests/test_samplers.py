@@ -73,11 +73,12 @@ def reference_moments(sampler, *, num_steps, guidance_weight, mean_cond, std_con
 
   ε̃ = A z − c with A = σ((1+w)/v_c − w/v_u), c = σα((1+w)μ_c/v_c − w μ_u/v_u),
   v = α² s² + σ²; x̃ = (z − σ ε̃)/α; z' from the posterior (ancestral) or α' x̃ + σ' ε̃ (DDIM).
+  `guidance_weight` is one w, or a function w(λ) of the level.
   """
-  w = guidance_weight
   grid = reference_grid(num_steps)
   mean, var = np.zeros_like(mean_cond, dtype=np.float64), 1.0
   for t, logsnr in enumerate(grid):
+    w = guidance_weight(logsnr) if callable(guidance_weight) else guidance_weight
     alpha2, sigma2 = 1 / (1 + np.exp(-logsnr)), 1 / (1 + np.exp(logsnr))
     alpha, sigma = np.sqrt(alpha2), np.sqrt(sigma2)
     v_c, v_u = alpha2 * std_cond**2 + sigma2, alpha2 * std_uncond**2 + sigma2
@@ -627,3 +628,31 @@ def test_method_state_starts_from_init_every_call():
                               method='apg', solver='ddim',
                               params=samplers.GuidanceParams(w=2.0, apg_beta=0.5))
   np.testing.assert_array_equal(sampler(key=jax.random.key(3)), sampler(key=jax.random.key(3)))
+
+
+@pytest.mark.parametrize('name', SAMPLERS)
+def test_interval_gaussian_moments_match_the_exact_recursion(name):
+  # Guided only on the levels inside [λ_lo, λ_hi] (the conditional model elsewhere, its call skipped).
+  num_steps, count, w = 24, 2048, 3.0
+  mean_cond, mean_uncond = 0.5 * np.ones(DIM), np.linspace(-0.3, 0.3, DIM)
+  denoise = gaussian_denoiser([mean_cond, mean_uncond], [0.4, 0.7])
+  # The noisy part only: the result differs from both full CFG and none. (lo below λ_1: the float64
+  # reference grid puts λ_1 a rounding error below −20, the sampler counts a bound within 1e-4 in.)
+  lo, hi = -21.0, -1.0
+  x = samplers.get_sampler(name)(
+      denoise, key=jax.random.key(6), labels=jnp.zeros(count, jnp.int32), image_shape=IMAGE_SHAPE,
+      num_steps=num_steps, null_label=1, method='interval',
+      params=samplers.GuidanceParams(w=w, logsnr_lo=lo, logsnr_hi=hi))
+  x = np.asarray(x).reshape(count, DIM)
+  mean_ref, var_ref = reference_moments(
+      name, num_steps=num_steps, guidance_weight=lambda logsnr: w if lo <= logsnr <= hi else 0.0,
+      mean_cond=mean_cond, std_cond=0.4, mean_uncond=mean_uncond, std_uncond=0.7,
+      variance_interp=0.3)
+  for other in (w, 0.0):  # the interval matters: full CFG or none would fail a check below
+    other_mean, other_var = reference_moments(name, num_steps=num_steps, guidance_weight=other,
+                                              mean_cond=mean_cond, std_cond=0.4,
+                                              mean_uncond=mean_uncond, std_uncond=0.7)
+    assert (np.abs(other_mean - mean_ref).max() > 0.05
+            or not 0.9 < other_var / var_ref < 1.1), (other, other_mean, other_var)
+  np.testing.assert_allclose(x.mean(0), mean_ref, atol=4 * np.sqrt(var_ref / count) + 1e-3)
+  np.testing.assert_allclose(x.var(0).mean(), var_ref, rtol=0.05)
