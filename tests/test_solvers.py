@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from scipy.integrate import solve_ivp
 
-from cfg import samplers, solvers
+from cfg import guidance, samplers, solvers
 from tests.test_samplers import DIM, IMAGE_SHAPE, gaussian_denoiser, reference_grid
 
 MEAN_COND, MEAN_UNCOND = 0.5 * np.ones(DIM), np.linspace(-0.3, 0.3, DIM)
@@ -25,16 +25,18 @@ LOGSNR_MIN, LOGSNR_MAX = -10.0, 10.0
 DENOISE = gaussian_denoiser([MEAN_COND, MEAN_UNCOND], [STD_COND, STD_UNCOND])
 
 
-def reference_ode_end(grid):
-  """ẑ at λ_T from the sampler's z at λ_1, by solve_ivp on dẑ/d log σ_e = σ_e ε̃ (float64)."""
+def reference_ode_end(grid, weight=lambda logsnr: WEIGHT):
+  """ẑ at λ_T from the sampler's z at λ_1, by solve_ivp on dẑ/d log σ_e = σ_e ε̃ (float64);
+  `weight` is w(λ)."""
   keys = jax.vmap(lambda i: jax.random.fold_in(KEY, i))(jnp.arange(BATCH))
   z = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 0), IMAGE_SHAPE))(keys)
   z = np.asarray(z, np.float64).reshape(BATCH, -1)
 
   def velocity(log_sigma, flat):
     s, y = np.exp(log_sigma), flat.reshape(BATCH, -1)
-    eps = ((1 + WEIGHT) * s * (y - MEAN_COND) / (STD_COND**2 + s**2)
-           - WEIGHT * s * (y - MEAN_UNCOND) / (STD_UNCOND**2 + s**2))
+    w = weight(-2.0 * log_sigma)
+    eps = ((1 + w) * s * (y - MEAN_COND) / (STD_COND**2 + s**2)
+           - w * s * (y - MEAN_UNCOND) / (STD_UNCOND**2 + s**2))
     return (s * eps).ravel()
 
   start = z / np.sqrt(1 / (1 + np.exp(-grid[0])))
@@ -44,13 +46,22 @@ def reference_ode_end(grid):
   return solution.y[:, -1].reshape(BATCH, -1)
 
 
-def _error(solver, grid_name, num_steps):
+def _linear_ramp(logsnr):
+  """The `schedule` method's linear w(λ) = 2w(1 − u(λ)), u on the default λ ∈ [−20, 20] (float64)."""
+  b = np.arctan(np.exp(-10.0))
+  a = np.arctan(np.exp(10.0)) - b
+  return 2 * WEIGHT * (1 - (np.arctan(np.exp(-0.5 * logsnr)) - b) / a)
+
+
+def _error(solver, grid_name, num_steps, schedule=None):
+  method = 'cfg' if schedule is None else guidance.get_method('schedule', schedule=schedule)
   x = samplers.sample(DENOISE, key=KEY, labels=jnp.zeros(BATCH, jnp.int32), image_shape=IMAGE_SHAPE,
                       num_steps=num_steps, null_label=1, guidance_weight=WEIGHT, solver=solver,
-                      grid=grid_name, logsnr_min=LOGSNR_MIN, logsnr_max=LOGSNR_MAX)
+                      method=method, grid=grid_name, logsnr_min=LOGSNR_MIN, logsnr_max=LOGSNR_MAX)
   grid = np.asarray(solvers.get_grid(grid_name)(num_steps, logsnr_min=LOGSNR_MIN,
                                                 logsnr_max=LOGSNR_MAX), np.float64)
-  return np.abs(np.asarray(x, np.float64).reshape(BATCH, -1) - reference_ode_end(grid)).max()
+  reference = reference_ode_end(grid, *([] if schedule is None else [_linear_ramp]))
+  return np.abs(np.asarray(x, np.float64).reshape(BATCH, -1) - reference).max()
 
 
 @pytest.mark.parametrize('solver, grid_name, order', [
@@ -62,6 +73,15 @@ def test_solvers_converge_to_the_probability_flow_ode_at_their_order(solver, gri
   measured = np.log2(errors[:-1] / errors[1:])
   assert np.all(np.abs(measured - order) < 0.2), (errors, measured)
   assert errors[-1] < (0.05 if order == 1 else 0.005), errors
+
+
+@pytest.mark.parametrize('solver, order', [('ddim', 1), ('dpmpp_2m', 2), ('heun', 2)])
+def test_a_weight_schedule_is_applied_at_each_evaluation_s_own_level(solver, order):
+  # w(λ) varies along the ODE; Heun's second evaluation must use w(λ'), or it falls to order 1.
+  errors = np.array([_error(solver, 'uniform_logsnr', steps + 1, schedule='linear')
+                     for steps in (32, 64, 128)])  # DPM-Solver++ is pre-asymptotic at 16 here
+  measured = np.log2(errors[:-1] / errors[1:])
+  assert np.all(np.abs(measured - order) < 0.2), (errors, measured)
 
 
 def test_dpmpp_2m_first_step_is_ddim():
