@@ -130,14 +130,17 @@ def sample_batches(sample_fn, params, *, mesh, config, weights, num_samples, fir
     rows = _local_rows(batch_labels, mesh), _local_rows(ids, mesh)
     images = np.concatenate([to_uint8(parallel.to_host(sample_fn(params, key, *rows, chunk)))[:count]
                              for chunk, count in weight_programs(weights, config.eval.weights_per_program)])
-    keep = min(batch_size, num_samples - start)
-    yield ids[:keep], batch_labels[:keep], images[:, :keep]
+    # Image row r was made from row r of the device arrays, which need not be row r of the host's (a
+    # mesh whose devices are not grouped by process places a process's rows elsewhere): read them back.
+    batch_labels, ids = (np.asarray(x) for x in parallel.to_host(rows))
+    order = np.argsort(ids, kind='stable')[:min(batch_size, num_samples - start)]
+    yield ids[order], batch_labels[order], images[:, order]
 
 
 def weight_programs(weights, per_program):
   """(chunk [P], count) of weights [K] in programs of P = per_program weights (None: all K in one): the
   last chunk is padded with its last weight (count says how many are real), so one program serves all."""
-  per = per_program or len(weights)
+  per = len(weights) if per_program is None else per_program
   if per < 1:
     raise ConfigError(f'config.eval.weights_per_program={per_program} must be a positive number or None.')
   for start in range(0, len(weights), per):

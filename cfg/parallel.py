@@ -7,7 +7,7 @@ one CPU, 8 forced CPU devices, a GPU node or a TPU slice.
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = 'data'
 
@@ -19,9 +19,12 @@ def initialize_distributed(*, coordinator_address=None, num_processes=None, proc
                              num_processes=num_processes, process_id=process_id)
 
 
-def data_mesh():
-  """A 1-D mesh over all devices of all processes."""
-  return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
+def data_mesh(devices=None):
+  """A 1-D mesh over all devices of all processes, in the order jax.make_mesh picks for the topology
+  (`devices`: an explicit order instead). Nothing may assume that a process's devices are adjacent in it:
+  whatever rows a process gives `global_batch`, they land on its own devices."""
+  devices = jax.devices() if devices is None else list(devices)
+  return jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(AxisType.Auto,), devices=devices)
 
 
 def replicated(mesh):

@@ -2,6 +2,7 @@
 
 from ml_collections import config_dict
 
+from cfg.config_checks import ConfigError
 from cfg.sweep import Sweep
 
 
@@ -132,3 +133,13 @@ def paper_sweeps():
       'num_steps': Sweep('sampling.num_steps', (128, 256, 1024), train=False,
                          base_overrides=(('diffusion.p_uncond', 0.1),)),
   }
+
+
+def with_preset(config, presets, name):
+  """`config` with the overrides of hardware preset `name` (None: unchanged); see PRESETS in the config."""
+  if name is None:
+    return config
+  if name not in presets:
+    raise ConfigError(f'unknown preset {name!r}; this config has {sorted(presets)}.')
+  config.update_from_flattened_dict(presets[name]['overrides'])
+  return config

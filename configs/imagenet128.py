@@ -1,12 +1,22 @@
 """Paper Table 2 setting: ImageNet 128×128, ADM 128×128 U-Net (paper.md §5), T ∈ {128, 256, 1024}.
 
 python launch.py --config=configs/imagenet128.py --workdir=runs/in128
+python launch.py --config=configs/imagenet128.py:h100x8 --workdir=runs/in128   # a hardware preset (PRESETS)
 """
 
 from configs import default
 
 
-def get_config():
+# Hardware presets (see configs/imagenet64.py); memory fits in experiments/memory.md.
+PRESETS = {
+    'h100x8': dict(devices=8, memory_gb=80, overrides={
+        'train.grad_accum_steps': 2, 'eval.weights_per_program': 7, 'sampling.batch_size': 256}),
+    'tpu_v5p_64': dict(devices=32, memory_gb=95, overrides={
+        'eval.weights_per_program': 7, 'sampling.batch_size': 1024}),
+}
+
+
+def get_config(preset=None):
   config = default.get_config()
   config.data.update(dict(name='imagenet128', image_size=128, num_classes=1000, random_flip=True))
   config.model.update(dict(
@@ -20,7 +30,7 @@ def get_config():
       sampler='ancestral', num_steps=256, variance_interp=0.2, clip_x=True,
       num_samples=50_000, batch_size=1024))
   config.guidance.weights = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 2.0, 3.0, 4.0)
-  return config
+  return default.with_preset(config, PRESETS, preset)
 
 
 sweeps = default.paper_sweeps

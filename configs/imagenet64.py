@@ -1,12 +1,23 @@
 """Paper Table 1 setting: ImageNet 64×64, ADM 64×64 U-Net (paper.md §5), p_uncond ∈ {0.1, 0.2, 0.5}.
 
 python launch.py --config=configs/imagenet64.py --workdir=runs/in64
+python launch.py --config=configs/imagenet64.py:h100x8 --workdir=runs/in64     # a hardware preset (PRESETS)
 """
 
 from configs import default
 
 
-def get_config():
+# Hardware presets: the paper's global batch on fewer devices, by gradient accumulation, and evaluation
+# in programs of fewer weights. Each fits the device memory by experiments/memory.py (experiments/memory.md).
+PRESETS = {
+    'h100x8': dict(devices=8, memory_gb=80, overrides={
+        'train.grad_accum_steps': 8, 'eval.weights_per_program': 7, 'sampling.batch_size': 384}),
+    'tpu_v5p_64': dict(devices=32, memory_gb=95, overrides={  # v5p-64: 32 chips of 95 GB
+        'train.grad_accum_steps': 2, 'eval.weights_per_program': 7, 'sampling.batch_size': 1536}),
+}
+
+
+def get_config(preset=None):
   config = default.get_config()
   config.data.update(dict(name='imagenet64', image_size=64, num_classes=1000, random_flip=True))
   config.model.update(dict(
@@ -21,7 +32,7 @@ def get_config():
       sampler='ancestral', num_steps=256, variance_interp=0.3, clip_x=True,
       num_samples=50_000, batch_size=2048))
   config.guidance.weights = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 2.0, 3.0, 4.0)
-  return config
+  return default.with_preset(config, PRESETS, preset)
 
 
 sweeps = default.paper_sweeps

@@ -16,6 +16,11 @@ come on top), so read them as estimates of the same program, not as a GPU's exac
 
   .venv/bin/python experiments/memory.py [--configs imagenet64 imagenet128] [--batches 1 2] [--devices 8] \
       [--no-check_budgets]
+  .venv/bin/python experiments/memory.py --presets imagenet64:h100x8 imagenet64:tpu_v5p_64 …
+
+--presets compiles each hardware preset's own programs (PRESETS in configs/<name>.py: its device count
+and memory): the train step at the per-device batch, accumulated over train.grad_accum_steps
+micro-batches, and the sampler at the per-device sampling batch with eval.weights_per_program weights.
 """
 
 import argparse
@@ -64,8 +69,8 @@ def train_program(config, model, optimizer):
   return at_batch, state
 
 
-def sampler_program(config, model, params, mesh):
-  num_weights = len(config.guidance.weights)
+def sampler_program(config, model, params, mesh, num_weights=None):
+  num_weights = num_weights or len(config.guidance.weights)
 
   def at(batch, num_steps):
     c = config.copy_and_resolve_references()
@@ -160,9 +165,33 @@ def measure(config_name, batches, *, num_devices, long_steps, check):
         f'(compiled in {seconds:.0f} s)', flush=True)
 
 
+def measure_preset(spec):
+  """Compiles preset `config:preset`'s train step and sampler per device; prints GB against its memory."""
+  config_name, preset = spec.split(':')
+  module = importlib.import_module(f'configs.{config_name}')
+  config, hardware = module.get_config(preset), module.PRESETS[preset]
+  devices, budget = hardware['devices'], hardware['memory_gb']
+  model = build.model_from_config(config)
+  at_batch, state = train_program(config, model, build.optimizer_from_config(config.optim))
+  accum, batch = config.train.grad_accum_steps, config.train.batch_size // devices
+  compiled, seconds = at_batch(batch)
+  verdict = lambda gb: 'fits' if gb <= budget else 'DOES NOT FIT'
+  gb = peak_bytes(compiled) / GB
+  print(f'\n== {spec} ({devices} devices × {budget} GB): train batch {config.train.batch_size} → {batch} per '
+        f'device = {accum} × {batch // accum}: {gb:.2f} GB, {verdict(gb)} (compiled in {seconds:.0f} s)', flush=True)
+  weights = config.eval.weights_per_program or len(config.guidance.weights)
+  sample_batch = config.sampling.batch_size // devices
+  compiled, seconds = sampler_program(config, model, state.ema_params, parallel.data_mesh(), weights)(
+      sample_batch, 16)
+  gb = peak_bytes(compiled) / GB
+  print(f'   sampler {sample_batch} per device × {weights} of {len(config.guidance.weights)} weights per program: '
+        f'{gb:.2f} GB, {verdict(gb)} (compiled in {seconds:.0f} s)', flush=True)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--configs', nargs='+', default=['imagenet64', 'imagenet128'])
+  parser.add_argument('--presets', nargs='+', default=None, help='config:preset, e.g. imagenet64:h100x8')
   parser.add_argument('--batches', nargs='+', type=int, default=[1, 2],
                       help='two small per-device batches that fit the line')
   parser.add_argument('--devices', type=int, default=8,
@@ -174,7 +203,9 @@ def main():
   print(f'jax {jax.__version__}, {jax.devices()[0].platform}, {platform.processor() or platform.machine()}, '
         f'{os.cpu_count()} cores')
   start = time.time()
-  for name in args.configs:
+  for spec in args.presets or ():
+    measure_preset(spec)
+  for name in (args.configs if not args.presets else ()):
     measure(name, args.batches, num_devices=args.devices, long_steps=args.long_steps,
             check=args.check_budgets)
   print(f'\nwall time {time.time() - start:.0f} s')

@@ -57,3 +57,16 @@ def test_paper_sweep_grids():
                          ids=lambda m: m.__name__)
 def test_every_config_passes_the_checks(module):
   check_config(module.get_config())
+
+
+@pytest.mark.parametrize('module, preset', [(m, p) for m in (imagenet64, imagenet128) for p in m.PRESETS])
+def test_hardware_presets_keep_the_paper_setting_and_divide_over_their_devices(module, preset):
+  """A preset changes how the batch is computed, never what is trained or sampled."""
+  config, devices = module.get_config(preset), module.PRESETS[preset]['devices']
+  check_config(config)
+  for field, value in PAPER[module].items():
+    if field != 'sampling.batch_size':
+      assert _get(config, field) == value, field
+  assert config.train.batch_size % (devices * config.train.grad_accum_steps) == 0
+  assert config.sampling.batch_size % devices == 0
+  assert tuple(config.guidance.weights) == PAPER_WEIGHTS

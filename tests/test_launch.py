@@ -55,6 +55,7 @@ def test_train_then_sample_writes_everything(tmp_path):
     ('--config.diffusion.no_such_field=1', "unknown config field 'diffusion.no_such_field'"),
     ('--config.no_such_section.field=1', "unknown config field 'no_such_section.field'"),
     ('--config.train.batch_size=abc', 'invalid literal'),
+    ('--config.train.grad_accum_steps=3', 'config.train.grad_accum_steps=3 must be >= 1 and split the batch of 16'),
 ])
 def test_bad_config_gives_one_clear_message(tmp_path, override, message):
   result = launch(f'--workdir={tmp_path}', override, check=False)
@@ -79,6 +80,12 @@ def test_missing_or_broken_config_file_is_one_line_naming_it(tmp_path, contents,
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1 and message in lines[0] and str(path) in lines[0], result.stderr
   assert not (tmp_path / 'run').exists()
+
+
+def test_unknown_hardware_preset_names_the_known_ones(tmp_path):
+  result = launch(f'--workdir={tmp_path}', check=False, config='configs/imagenet64.py:h100x7')
+  assert result.returncode != 0 and 'Traceback' not in result.stderr, result.stderr
+  assert "unknown preset 'h100x7'; this config has ['h100x8', 'tpu_v5p_64']" in result.stderr, result.stderr
 
 
 def test_debug_reraises_with_the_traceback(tmp_path):

@@ -17,6 +17,7 @@ import pytest
 
 from cfg import build, parallel, sample, train
 from configs import smoke
+from tests import sample_on_mesh
 from tests.tb_events import read_scalars
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -190,3 +191,20 @@ def test_samples_do_not_depend_on_the_device_count(runs, tmp_path):
       difference = np.abs(many[name][0].astype(int) - images.astype(int))
       print(f'{n} devices, {name}: {np.mean(difference > 0):.2e} of pixels differ, by at most {difference.max()}')
       assert difference.max() <= 1 and np.mean(difference > 0) < 1e-3
+
+
+def test_labels_stay_with_their_images_on_a_mesh_not_grouped_by_process(tmp_path):
+  """Devices ordered p0, p1, p0, p1: a process's rows land on its devices, not on rows p·L … (p + 1)·L."""
+  port, out = _free_port(), str(tmp_path / 'two.npz')
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  hosts = [subprocess.Popen([sys.executable, '-m', 'tests.sample_on_mesh', str(port), str(i), out], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  for host in hosts:
+    _finish(host)
+  _, one_labels, one_images = sample_on_mesh.smoke_samples(parallel.data_mesh())  # here: 1 device
+  with np.load(out) as two_processes:
+    np.testing.assert_array_equal(two_processes['ids'], np.arange(8))
+    np.testing.assert_array_equal(two_processes['labels'], one_labels)
+    # Another device count sums in another order: a pixel may move by one uint8 level.
+    difference = np.abs(two_processes['images'].astype(int) - one_images.astype(int))
+    assert difference.max() <= 1, difference.max()
