@@ -91,22 +91,6 @@ def _sample_config(**guidance_fields):
   return config
 
 
-def test_sample_mode_runs_a_method_and_writes_nfe_and_adm_batches(trained, capsys):
-  config = _sample_config(method='interval', logsnr_lo=-8.0, logsnr_hi=0.0)  # EDM grid: λ = −20, −14.7, −6.1, 20
-  config.sampling.update(dict(sampler='dpmpp_2m', grid='edm'))
-  check_config(config)
-  directory = sample.run(config, trained)
-  assert 'NFE' in capsys.readouterr().out
-  with open(os.path.join(directory, 'nfe.json')) as f:
-    nfe = json.load(f)
-  expected = generate.evaluations(config)
-  assert nfe['num_steps'] == 4 and nfe['nfe_per_image'] == expected.total and nfe['nfe_main'] == 3
-  assert nfe['nfe_guiding'] == 1  # the interval holds one of the three evaluated levels
-  for w in config.guidance.weights:
-    images, labels = adm_io.read_sample_batch(os.path.join(directory, f'w{w:g}.npz'))
-    assert images.shape == (6, 28, 28, 1) and labels.dtype == np.int64
-
-
 def test_autoguidance_with_itself_as_guide_gives_the_conditional_model(trained):
   mesh = parallel.data_mesh()
   config = _sample_config(method='autoguidance', guide_workdir=trained)
@@ -140,3 +124,41 @@ def test_without_a_guide_network_autoguidance_configs_preview_with_cfg(capsys):
   assert generate.sampler_kwargs(config)['method'] is guidance.get_method('autoguidance')
   generate.make_sample_fn(None, config, parallel.data_mesh())  # builds, does not trace
   assert 'sampling with guidance.method=cfg instead of autoguidance' in capsys.readouterr().out
+
+
+def _launch(workdir, *flags):
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  return subprocess.run([sys.executable, 'launch.py', '--config=configs/smoke.py', f'--workdir={workdir}',
+                         '--config.mode=sample', *flags], cwd=root, capture_output=True, text=True)
+
+
+def test_launch_samples_with_a_method_and_sampler_and_writes_nfe_and_adm_batches(trained):
+  # EDM grid at T = 4: λ = −20, −14.7, −6.1, 20; the interval [−8, 0] holds one evaluated level.
+  flags = ('--config.guidance.method=interval', '--config.guidance.logsnr_lo=-8.0',
+           '--config.guidance.logsnr_hi=0.0', '--config.sampling.sampler=dpmpp_2m',
+           '--config.sampling.grid=edm', '--config.sampling.num_samples=6', '--config.sampling.batch_size=6')
+  result = _launch(trained, *flags)
+  assert result.returncode == 0, result.stderr
+  assert 'dpmpp_2m T=4 (edm grid), interval: NFE 4 per image (3 main + 1 guiding)' in result.stdout
+  (folder,) = [f for f in os.listdir(os.path.join(trained, 'samples')) if f.endswith('_interval_edm')]
+  folder = os.path.join(trained, 'samples', folder)
+  with open(os.path.join(folder, 'nfe.json')) as f:
+    assert json.load(f) == {'sampler': 'dpmpp_2m', 'grid': 'edm', 'method': 'interval', 'num_steps': 4,
+                            'nfe_per_image': 4, 'nfe_main': 3, 'nfe_guiding': 1}
+  for w in (0, 1):  # configs/smoke.py's weights
+    images, labels = adm_io.read_sample_batch(os.path.join(folder, f'w{w}.npz'))
+    assert images.shape == (6, 28, 28, 1) and labels.dtype == np.int64
+
+
+@pytest.mark.parametrize('flags, message', [
+    (('--config.guidance.method=pag',), "method='pag' is unknown"),
+    (('--config.guidance.method=cfgpp', '--config.sampling.sampler=ancestral'), 'needs a solver that re-noises'),
+    (('--config.guidance.method=interval', '--config.guidance.logsnr_lo=2.0',
+      '--config.guidance.logsnr_hi=-2.0'), 'must be increasing'),
+])
+def test_launch_rejects_bad_guidance_with_one_message(tmp_path, flags, message):
+  result = _launch(str(tmp_path), *flags)
+  assert result.returncode != 0 and message in result.stderr, result.stderr
+  assert 'Traceback' not in result.stderr and not os.listdir(tmp_path)
