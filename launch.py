@@ -80,7 +80,7 @@ def _check_config_argument(argv):
     spec.loader.exec_module(module)
     config = module.get_config(*preset)
   except Exception as error:  # pylint: disable=broad-except  # anything in the user's file
-    if '--debug' in argv:
+    if any(arg in ('--debug', '--debug=true', '--debug=True') for arg in argv):
       raise
     return (f'config error: --config={argument} could not be loaded: {type(error).__name__}: {error} '
             '(rerun with --debug for the traceback).')
