@@ -11,6 +11,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from cfg import build, train
+from cfg.config_checks import ConfigError
 from configs import smoke
 from tests.tb_events import read_scalars
 from tests.smoke_config import smoke_config
@@ -155,6 +156,12 @@ def test_gradient_accumulation_gives_the_full_batch_update():
   accumulated = _loss_and_grads(config, batch)
   assert accumulated[0][1]['count/all'] == 16
   _assert_close(accumulated, full, rtol=1e-5)
+
+
+def test_accumulation_that_does_not_split_the_batch_is_a_config_error(tmp_path):
+  with pytest.raises(ConfigError, match='grad_accum_steps=3 must be >= 1 and split the batch of 16'):
+    train.train_and_evaluate(smoke_config(grad_accum_steps=3), str(tmp_path / 'run'))
+  assert not os.listdir(tmp_path)
 
 
 def test_remat_gives_the_same_gradients():
