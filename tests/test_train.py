@@ -73,17 +73,18 @@ def test_one_step_on_tfds_mock_cifar10(tmp_path):
   assert os.path.isdir(os.path.join(str(tmp_path), 'checkpoints', '1'))
 
 
-def _train_losses_in_subprocess(workdir, num_devices):
+def _train_losses_in_subprocess(workdir, num_devices, *flags):
   env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={num_devices}')
   subprocess.run([sys.executable, 'launch.py', '--config=configs/smoke.py', f'--workdir={workdir}',
-                  '--config.train.preview_every=0', '--config.train.log_every=1'],
+                  '--config.train.preview_every=0', '--config.train.log_every=1', *flags],
                  cwd=ROOT, env=env, check=True, capture_output=True)
   return [value for _, value in read_scalars(os.path.join(workdir, 'tensorboard'))['loss']]
 
 
 def test_one_and_eight_devices_give_the_same_losses(tmp_path):
+  """The 8-device run also accumulates 2 micro-batches, each spread over all 8 devices."""
   one = _train_losses_in_subprocess(str(tmp_path / 'one'), 1)
-  eight = _train_losses_in_subprocess(str(tmp_path / 'eight'), 8)
+  eight = _train_losses_in_subprocess(str(tmp_path / 'eight'), 8, '--config.train.grad_accum_steps=2')
   assert len(one) == len(eight) == smoke.get_config().train.num_steps
   np.testing.assert_allclose(eight, one, rtol=1e-5)
 
