@@ -11,6 +11,23 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = 'data'
 
+# XLA:CPU hands convolutions to YNNPACK by default; its kernel-gradient and input-gradient
+# convolutions run several times slower than XLA's Eigen path on the U-Net's shapes, so CPU
+# programs keep YNNPACK for dots only. Same arithmetic, other kernels: the train step and the
+# forward pass agree to float32 rounding (tests/test_parallel.py); 1.4× faster here
+# (experiments/throughput.md).
+CPU_COMPILER_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT'}
+
+
+def compiler_options(backend=None):
+  """XLA options for every program of the project on `backend` (default: JAX's default backend)."""
+  return dict(CPU_COMPILER_OPTIONS) if (backend or jax.default_backend()) == 'cpu' else {}
+
+
+def jit(fun, **kwargs):
+  """jax.jit with `compiler_options()`: the project's programs all compile this way."""
+  return jax.jit(fun, compiler_options=compiler_options(), **kwargs)
+
 
 def initialize_distributed(*, coordinator_address=None, num_processes=None, process_id=None):
   """Starts JAX's multi-host runtime. With no arguments JAX detects TPU pods, SLURM and

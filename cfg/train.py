@@ -201,7 +201,7 @@ def train_and_evaluate(config, workdir):
   if start_step and is_writer:
     print(f'resuming from the checkpoint at step {start_step} in {workdir}', flush=True)
 
-  step_fn = jax.jit(
+  step_fn = parallel.jit(
       functools.partial(train_step, model=model, optimizer=optimizer, config=config),
       in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
       out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)), donate_argnums=0)

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-from cfg import samplers  # pylint: disable=g-import-not-at-top
+from cfg import parallel, samplers  # pylint: disable=g-import-not-at-top
 from cfg.models.unet import UNet, count_params  # pylint: disable=g-import-not-at-top
 
 IMAGE_SHAPE = (28, 28, 1)
@@ -46,7 +46,7 @@ def make_sampler(model, *, num_steps, guide):
         guidance_weight=guidance_weight, image_shape=IMAGE_SHAPE, num_steps=num_steps,
         null_label=NUM_CLASSES, guide=guide)
 
-  return jax.jit(sample)
+  return parallel.jit(sample)
 
 
 def make_sweep(model, *, num_steps):
@@ -59,7 +59,7 @@ def make_sweep(model, *, num_steps):
     return samplers.sample_sweep(sampler, guidance_weights=guidance_weights, key=key,
                                  labels=labels)
 
-  return jax.jit(sweep)
+  return parallel.jit(sweep)
 
 
 def set_up(model, batch, description):
@@ -123,7 +123,7 @@ def main():
   # alone can scale a little worse than linearly in batch; the rest is the guidance overhead.
   guided = make_sampler(model, num_steps=flags.steps, guide=True)
   unguided = make_sampler(model, num_steps=flags.steps, guide=False)
-  network = jax.jit(model.apply)
+  network = parallel.jit(model.apply)
   inputs = {batch: (jnp.zeros((batch,) + IMAGE_SHAPE), jnp.zeros((batch,)),
                     jnp.zeros((batch,), jnp.int32)) for batch in (flags.batch, 2 * flags.batch)}
   times = wall_seconds({

@@ -71,9 +71,9 @@ def main():
                  out_shardings=parallel.replicated(mesh))
   batch_size = config.train.batch_size
   shape = data.image_shape(config.data)
-  step = jax.jit(lambda s, b: train.train_step(s, b, model=model, optimizer=optimizer, config=config),
-                 in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
-                 donate_argnums=0)
+  step = parallel.jit(lambda s, b: train.train_step(s, b, model=model, optimizer=optimizer, config=config),
+                      in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
+                      donate_argnums=0)
   if args.flops_only:  # shapes only: no parameters are allocated and nothing is compiled
     batch = {'images': jax.ShapeDtypeStruct((batch_size, *shape), jnp.float32),
              'labels': jax.ShapeDtypeStruct((batch_size,), jnp.int32)}

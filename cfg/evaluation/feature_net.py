@@ -33,7 +33,7 @@ import optax
 import orbax.checkpoint as ocp
 from absl import logging
 
-from cfg import data
+from cfg import data, parallel
 from cfg.errors import MissingInputError
 
 INFO_FILE = 'feature_net.json'
@@ -94,7 +94,7 @@ def to_model_range(images):
   return images.astype(jnp.float32)
 
 
-@functools.partial(jax.jit, static_argnames=('network', 'batch_size'))
+@functools.partial(parallel.jit, static_argnames=('network', 'batch_size'))
 def features_and_logits(network, variables, images, *, batch_size=EVAL_BATCH_SIZE):
   """(features [N, D] float32, logits [N, K]) of images [N, H, W, C], uint8 or in [−1, 1].
 
@@ -173,7 +173,7 @@ def _train_step_fn(network, optimizer, *, max_shift):
     params = optax.apply_updates(variables['params'], updates)
     return {'params': params, 'batch_stats': batch_stats}, opt_state, loss
 
-  return jax.jit(train_step, donate_argnums=(0, 1))
+  return parallel.jit(train_step, donate_argnums=(0, 1))
 
 
 def train_feature_net(data_config, *, seed=0, steps=3000, batch_size=128, learning_rate=2e-3,

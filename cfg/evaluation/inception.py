@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from cfg import parallel
 from cfg.evaluation import batches
 from cfg.evaluation import synthetic_weights
 from cfg.evaluation import torch_weights
@@ -216,7 +217,7 @@ def _check_images(images):
                      f'{images.dtype}.')
 
 
-@jax.jit
+@parallel.jit
 def preprocess_images(images):
   """uint8 [0, 255] or float [−1, 1], any H×W, 1 or 3 channels ↦ float32 [−1, 1] at 299×299×3.
 
@@ -235,7 +236,7 @@ def preprocess_images(images):
   return jnp.broadcast_to(x, (batch, size, size, 3))
 
 
-@functools.partial(jax.jit, static_argnames='spatial')
+@functools.partial(parallel.jit, static_argnames='spatial')
 def _network(variables, x, spatial=False):
   if not spatial:
     return FidInceptionV3().apply(variables, x)

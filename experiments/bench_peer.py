@@ -1,0 +1,171 @@
+"""The default U-Net against diffusers' UNet2DModel of the same shape, measured side by side.
+
+python experiments/bench_peer.py --torch_python=/path/to/torch-venv/bin/python [--repeats 5]
+
+Set up the peer once, in its own venv (the project and its tests never import torch):
+
+  python3 -m venv ../torchvenv && ../torchvenv/bin/pip install -r experiments/requirements-peer.txt
+
+Both run on the CPU with this machine's cores. The rounds alternate: a JAX round, then a torch
+round in a worker process that waits while JAX runs, so the two never compete for the cores.
+Times are the minimum over rounds (the least disturbed), ratios are project ÷ peer throughput.
+
+- train step: batch 64, forward + backward + Adam (the project's full step: Algorithm 1's loss,
+  clipping, EMA; the peer's: ε-MSE, Adam);
+- forward: batch 128; guided step: one call at 2B = 256 ([c; ∅]), against 128 for the unguided
+  step (the ratio guided / unguided must stay ≤ 2.05);
+- FLOPs per image: XLA's cost analysis of the lowered forward, torch's FlopCounterMode.
+
+The peer (diffusers 0.42): channels 16/32/64, one block per level, attention at 7×7 (head 32),
+8 groups, scale-shift conditioning, class embedding of 11 rows: 717,505 parameters.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from cfg import build, guidance, parallel, train  # noqa: E402
+from configs import fashion_mnist  # noqa: E402
+
+TRAIN_BATCH, FORWARD_BATCH = 64, 128
+
+_PEER = r'''
+import json, sys, time
+import torch
+from diffusers import UNet2DModel
+from torch.utils.flop_counter import FlopCounterMode
+torch.manual_seed(0)
+model = UNet2DModel(
+    sample_size=28, in_channels=1, out_channels=1, block_out_channels=(16, 32, 64), layers_per_block=1,
+    down_block_types=('DownBlock2D', 'DownBlock2D', 'AttnDownBlock2D'),
+    up_block_types=('AttnUpBlock2D', 'UpBlock2D', 'UpBlock2D'), norm_num_groups=8,
+    resnet_time_scale_shift='scale_shift', num_class_embeds=11, attention_head_dim=32, dropout=0.1)
+optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+TB, FB = %d, %d
+x, t, y = torch.randn(TB, 1, 28, 28), torch.rand(TB) * 999, torch.randint(0, 11, (TB,))
+def train_step():
+  model.train(); optimizer.zero_grad()
+  loss = torch.mean((model(x, t, class_labels=y).sample - x) ** 2)
+  loss.backward(); optimizer.step()
+def forward(batch):
+  model.eval()
+  with torch.no_grad():
+    model(torch.randn(batch, 1, 28, 28), torch.rand(batch) * 999,
+          class_labels=torch.randint(0, 11, (batch,))).sample
+with FlopCounterMode(display=False) as counter:
+  forward(1)
+info = dict(params=sum(p.numel() for p in model.parameters()), flops_per_image=counter.get_total_flops(),
+            torch=torch.__version__, threads=torch.get_num_threads())
+train_step(); forward(FB); forward(2 * FB)
+print(json.dumps(info), flush=True)
+for line in sys.stdin:
+  start = time.perf_counter()
+  {'train': train_step, 'forward': lambda: forward(FB), 'guided': lambda: forward(2 * FB)}[line.strip()]()
+  print(time.perf_counter() - start, flush=True)
+''' % (TRAIN_BATCH, FORWARD_BATCH)
+
+
+def project_programs(options):
+  """{name: zero-argument callable that runs one program to completion}, and FLOPs per image.
+
+  `options`: XLA compiler options for all three programs (parallel.compiler_options() or {}).
+  """
+  config = fashion_mnist.get_config()
+  model = build.model_from_config(config)
+  optimizer = build.optimizer_from_config(config.optim)
+  state = jax.jit(lambda: train.init_state(config, model, optimizer))()
+  rng = np.random.default_rng(0)
+  batch = {'images': jnp.asarray(rng.uniform(-1, 1, (TRAIN_BATCH, 28, 28, 1)), jnp.float32),
+           'labels': jnp.asarray(rng.integers(0, 10, TRAIN_BATCH), jnp.int32)}
+  z = jnp.asarray(rng.standard_normal((FORWARD_BATCH, 28, 28, 1)), jnp.float32)
+  logsnr = jnp.asarray(rng.uniform(-10, 10, FORWARD_BATCH), jnp.float32)
+  labels = jnp.asarray(rng.integers(0, 10, FORWARD_BATCH), jnp.int32)
+  step = jax.jit(lambda s, b: train.train_step(s, b, model=model, optimizer=optimizer,
+                                                 config=config), donate_argnums=0)
+  forward = jax.jit(lambda p, z, l, y: model.apply(p, z, l, y))
+  guided = jax.jit(lambda p, z, l, y: guidance.guided_eps(
+      lambda *a: model.apply(p, *a), z, l, y, guidance_weight=1.0, null_label=10))
+  params = jax.tree.map(jnp.copy, state.params)  # the train step donates `state`
+  flops = forward.lower(params, z[:1], logsnr[:1], labels[:1]).cost_analysis()['flops']
+  step = step.lower(state, batch).compile(options)
+  forward = forward.lower(params, z, logsnr, labels).compile(options)
+  guided = guided.lower(params, z, logsnr, labels).compile(options)
+  holder = {'state': state}
+
+  def run_train():
+    holder['state'], metrics = step(holder['state'], batch)
+    jax.block_until_ready(metrics)
+
+  programs = {'train': run_train,
+              'forward': lambda: jax.block_until_ready(forward(params, z, logsnr, labels)),
+              'guided': lambda: jax.block_until_ready(guided(params, z, logsnr, labels))}
+  for run in programs.values():  # compile and warm up
+    run()
+  count = sum(x.size for x in jax.tree.leaves(params))
+  return programs, dict(params=count, flops_per_image=flops, jax=jax.__version__)
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument('--torch_python', required=True, help='python of a venv with torch + diffusers')
+  parser.add_argument('--repeats', type=int, default=5)
+  parser.add_argument('--json', default=None, help='also write the numbers here')
+  args = parser.parse_args()
+  peer = subprocess.Popen([args.torch_python, '-c', _PEER], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True)
+  peer_info = json.loads(peer.stdout.readline())
+  sides = {'project': project_programs(parallel.compiler_options()),
+           'project, XLA defaults': project_programs({})}
+  info = sides['project'][1]
+
+  def peer_run(name):
+    peer.stdin.write(name + '\n')
+    peer.stdin.flush()
+    return float(peer.stdout.readline())
+
+  names = ('train', 'forward', 'guided')
+  times = {side: {name: [] for name in names} for side in (*sides, 'peer')}
+  for _ in range(args.repeats):
+    for name in names:
+      for side, (programs, _) in sides.items():
+        start = time.perf_counter()
+        programs[name]()
+        times[side][name].append(time.perf_counter() - start)
+      times['peer'][name].append(peer_run(name))
+  peer.stdin.close()
+  peer.wait()
+
+  best = {side: {k: min(v) for k, v in t.items()} for side, t in times.items()}
+  print(f'project: jax {info["jax"]}, {info["params"]:,} parameters, '
+        f'{info["flops_per_image"] / 1e6:.0f} MFLOP/image forward (XLA)')
+  print(f'peer:    torch {peer_info["torch"]} ({peer_info["threads"]} threads), diffusers UNet2DModel, '
+        f'{peer_info["params"]:,} parameters, {peer_info["flops_per_image"] / 1e6:.0f} MFLOP/image '
+        f'forward (FlopCounterMode)')
+  print(f'{args.repeats} alternating rounds, best of each; ratio = project / peer throughput\n')
+  print('| | project, XLA defaults | project | peer | ratio before | ratio now |')
+  print('|---|---|---|---|---|---|')
+  rows = [('train step, batch 64 (img/s)', 'train', TRAIN_BATCH),
+          ('forward, batch 128 (ms)', 'forward', None), ('guided step, 2B = 256 (ms)', 'guided', None)]
+  for label, name, images in rows:
+    before, now, peer_time = (best[side][name] for side in ('project, XLA defaults', 'project', 'peer'))
+    show = (lambda t: f'{images / t:.1f}') if images else (lambda t: f'{t * 1e3:.0f}')
+    print(f'| {label} | {show(before)} | {show(now)} | {show(peer_time)} | '
+          f'{peer_time / before:.2f}× | {peer_time / now:.2f}× |')
+  for side in ('project, XLA defaults', 'project', 'peer'):
+    print(f'guided / unguided step, {side}: {best[side]["guided"] / best[side]["forward"]:.3f}')
+  if args.json:
+    with open(args.json, 'w') as f:
+      json.dump(dict(project=info, peer=peer_info, seconds=times, repeats=args.repeats), f, indent=1)
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,132 @@
+"""Where the default U-Net's time goes on XLA:CPU: a jax.profiler trace, summed per kind of HLO op.
+
+python experiments/profile_step.py --program=train            # the full train step, batch 64
+python experiments/profile_step.py --program=forward          # the forward pass, batch 128
+python experiments/profile_step.py --program=train --xla_defaults --top=30
+
+XLA:CPU's thunk runtime records one trace event per executed thunk, named after its HLO
+instruction. The script compiles the program (with the project's compile options unless
+--xla_defaults), traces a few runs, maps each event to its instruction in the compiled HLO and
+sums the time by kind: convolution fusions (split into forward, input-gradient and
+kernel-gradient by their output shape), reductions, elementwise fusions, transposes, dots, copies.
+
+Caveat found on the way: with the options, convolutions run through Eigen, whose work is
+dispatched to its own thread pool and finishes after the thunk's event has closed, so their time
+is missing from the sums (the per-thunk view undercounts them); time the model with parts
+replaced to weigh them (experiments/throughput.md).
+"""
+
+import argparse
+import collections
+import glob
+import os
+import re
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from jax._src.lib import _profile_data  # noqa: E402
+
+from cfg import build, parallel, train  # noqa: E402
+from configs import fashion_mnist  # noqa: E402
+
+
+def compiled_program(name, options):
+  """(compiled, args) for the train step (batch 64) or the forward pass (batch 128)."""
+  config = fashion_mnist.get_config()
+  model = build.model_from_config(config)
+  optimizer = build.optimizer_from_config(config.optim)
+  state = jax.jit(lambda: train.init_state(config, model, optimizer))()
+  if name == 'train':
+    batch = {'images': jax.random.normal(jax.random.key(1), (64, 28, 28, 1)),
+             'labels': jnp.arange(64, dtype=jnp.int32) % 10}
+    fn = jax.jit(lambda s, b: train.train_step(s, b, model=model, optimizer=optimizer,
+                                               config=config))
+    args = (state, batch)
+  else:
+    fn = jax.jit(model.apply)
+    args = (state.params, jax.random.normal(jax.random.key(2), (128, 28, 28, 1)),
+            jnp.zeros((128,)), jnp.arange(128, dtype=jnp.int32) % 11)
+  return fn.lower(*args).compile(options), args
+
+
+def hlo_instructions(hlo_text):
+  """{instruction name: (shape, opcode, line)} and {computation name: [lines]}."""
+  computations, current = {}, None
+  for line in hlo_text.splitlines():
+    header = re.match(r'^(?:ENTRY )?%?([\w.\-]+) .*\{$', line)
+    if header and '(' in line:
+      current = header.group(1)
+      computations[current] = []
+    elif current and line.strip().startswith(('%', 'ROOT')):
+      computations[current].append(line.strip())
+  instructions = {}
+  for lines in computations.values():
+    for line in lines:
+      match = re.match(r'(?:ROOT )?%?([\w.\-]+) = (.+?) ([\w\-]+)\(', line)
+      if match:
+        instructions[match.group(1)] = (match.group(2), match.group(3), line)
+  return instructions, computations
+
+
+def kind_of(name, instructions, computations):
+  """'convolution: forward | input gradient | kernel gradient', 'fusion: reduce', … for one thunk."""
+  if name not in instructions:
+    return None
+  shape, opcode, line = instructions[name]
+  body = line
+  if opcode == 'fusion':
+    called = re.search(r'calls=%?([\w.\-]+)', line)
+    body = ' '.join(computations.get(called.group(1), [])) if called else ''
+  for op in ('convolution', 'dot', 'reduce-window', 'reduce', 'transpose'):
+    if re.search(r'\b' + op + r'\(', body) or opcode == op:
+      if op != 'convolution':
+        return op
+      dims = re.match(r'\w+\[(\d+),(\d+),(\d+),(\d+)\]', shape)
+      if dims and dims.group(2) == dims.group(3) and dims.group(2) in ('1', '3'):
+        return 'convolution: kernel gradient'
+      return 'convolution: input gradient' if 'transpose(' in line else 'convolution: forward'
+  return 'elementwise' if opcode == 'fusion' else opcode
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument('--program', choices=('train', 'forward'), default='train')
+  parser.add_argument('--xla_defaults', action='store_true', help='without the project\'s options')
+  parser.add_argument('--runs', type=int, default=3)
+  parser.add_argument('--top', type=int, default=10, help='also list the N slowest thunks')
+  args = parser.parse_args()
+  options = {} if args.xla_defaults else parallel.compiler_options()
+  compiled, inputs = compiled_program(args.program, options)
+  instructions, computations = hlo_instructions(compiled.as_text())
+  jax.block_until_ready(compiled(*inputs))
+  directory = tempfile.mkdtemp()
+  with jax.profiler.trace(directory):
+    for _ in range(args.runs):
+      jax.block_until_ready(compiled(*inputs))
+  trace = _profile_data.ProfileData.from_file(
+      sorted(glob.glob(f'{directory}/**/*.xplane.pb', recursive=True))[-1])
+  by_kind, by_thunk = collections.Counter(), collections.Counter()
+  for plane in trace.planes:
+    for line in plane.lines:
+      for event in line.events:
+        kind = kind_of(event.name, instructions, computations)
+        if kind:
+          by_kind[kind] += event.duration_ns / 1e6 / args.runs
+          by_thunk[event.name] += event.duration_ns / 1e6 / args.runs
+  total = sum(by_kind.values())
+  print(f'{args.program}, options={options or "XLA defaults"}: {total:.0f} ms in thunks per run '
+        f'(both threads)')
+  for kind, ms in by_kind.most_common():
+    print(f'  {ms:8.1f} ms  {ms / total:6.1%}  {kind}')
+  for name, ms in by_thunk.most_common(args.top):
+    shape, _, line = instructions[name]
+    op_name = re.search(r'op_name="([^"]+)"', line)
+    print(f'  {ms:7.2f} ms  {name:32s} {shape[:28]:28s} {op_name.group(1)[-70:] if op_name else ""}')
+
+
+if __name__ == '__main__':
+  main()
