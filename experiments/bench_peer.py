@@ -23,6 +23,7 @@ The peer (diffusers 0.42): channels 16/32/64, one block per level, attention at 
 import argparse
 import json
 import os
+import platform
 import subprocess
 import sys
 import time
@@ -120,6 +121,7 @@ def main():
   parser.add_argument('--repeats', type=int, default=5)
   parser.add_argument('--json', default=None, help='also write the numbers here')
   args = parser.parse_args()
+  started = time.time()
   peer = subprocess.Popen([args.torch_python, '-c', _PEER], stdin=subprocess.PIPE,
                           stdout=subprocess.PIPE, text=True)
   peer_info = json.loads(peer.stdout.readline())
@@ -163,8 +165,17 @@ def main():
   for side in ('project, XLA defaults', 'project', 'peer'):
     print(f'guided / unguided step, {side}: {best[side]["guided"] / best[side]["forward"]:.3f}')
   if args.json:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    git = lambda *a: subprocess.run(['git', *a], cwd=root, capture_output=True, text=True).stdout.strip()
+    provenance = dict(command=' '.join(sys.argv), commit=git('rev-parse', 'HEAD'),
+                      dirty=bool(git('status', '--porcelain', '--untracked-files=no')),
+                      machine=f'{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}',
+                      load_average=os.getloadavg(), wall_seconds=time.time() - started,
+                      compiler_options=parallel.compiler_options(),
+                      date=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()))
     with open(args.json, 'w') as f:
-      json.dump(dict(project=info, peer=peer_info, seconds=times, repeats=args.repeats), f, indent=1)
+      json.dump(dict(provenance=provenance, project=info, peer=peer_info, best_seconds=best,
+                     seconds=times, repeats=args.repeats), f, indent=1)
 
 
 if __name__ == '__main__':
