@@ -14,8 +14,8 @@ DATA_AXIS = 'data'
 # XLA:CPU hands convolutions to YNNPACK by default; its kernel-gradient and input-gradient
 # convolutions run several times slower than XLA's Eigen path on the U-Net's shapes, so CPU
 # programs keep YNNPACK for dots only. Same arithmetic, other kernels: the train step and the
-# forward pass agree to float32 rounding (tests/test_parallel.py); 1.4× faster here
-# (experiments/throughput.md).
+# forward pass agree to float32 rounding (tests/test_parallel.py); on the 2-core CPU the train step
+# is 1.12–1.27× and the forward pass 1.52–1.60× as fast (experiments/throughput.md).
 CPU_COMPILER_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT'}
 
 
