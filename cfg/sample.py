@@ -20,6 +20,7 @@ from cfg import build, generate, parallel
 from cfg.checkpoints import Checkpoints
 from cfg.config_checks import ConfigError, guidance_weights
 from cfg.errors import MissingInputError
+from cfg.evaluation import tables
 from cfg.evaluation.adm_io import write_sample_batch
 from cfg.guidance import scale_from_weight
 from cfg.metric_writer import image_grid, save_png
@@ -130,6 +131,4 @@ def _write_nfe(directory, config, nfe):
   info = {'sampler': config.sampling.sampler, 'grid': config.sampling.grid, 'method': config.guidance.method,
           'num_steps': generate.num_steps(config), 'nfe_per_image': nfe.total, 'nfe_main': nfe.main,
           'nfe_guiding': nfe.ref}
-  with open(os.path.join(directory, 'nfe.json.tmp'), 'w') as f:
-    json.dump(info, f, indent=1)
-  os.replace(os.path.join(directory, 'nfe.json.tmp'), os.path.join(directory, 'nfe.json'))
+  tables.write_text(os.path.join(directory, 'nfe.json'), json.dumps(info, indent=1))

@@ -6,6 +6,7 @@ import numpy as np
 
 from cfg import build, parallel, train
 from configs import smoke
+from tests.test_unet import perturbed
 
 
 def test_cpu_programs_keep_ynnpack_for_dots_only_and_other_backends_get_no_options():
@@ -19,11 +20,7 @@ def _perturbed_state(config):
   optimizer = build.optimizer_from_config(config.optim)
   state = jax.jit(lambda: train.init_state(config, model, optimizer))()
   # Zero-initialised output layers would make every output 0 and hide any difference.
-  leaves, tree = jax.tree.flatten(state.params)
-  keys = jax.random.split(jax.random.key(3), len(leaves))
-  params = jax.tree.unflatten(
-      tree, [p + 0.05 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
-  return model, params
+  return model, perturbed(state.params, seed=3)
 
 
 def test_forward_and_gradients_with_the_cpu_options_equal_xla_defaults():
