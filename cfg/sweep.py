@@ -78,15 +78,26 @@ def job_config(config, job):
 
 
 def estimate_cost(config, *, trains):
-  """Training steps and images, and sampler network evaluations (a guided step = a batch of 2B)."""
-  from cfg.config_checks import guidance_weights
-  num_weights = len(guidance_weights(config))
+  """Training steps and images; the evaluation's samples (num_samples × weights), its grid levels T,
+  its NFE per image and its image-NFE = NFE per image × samples.
+
+  NFE per image is the sampler's exact count, the one `sample` and `eval` print
+  (`generate.evaluations`: the solver, method, grid, T or `sampling.nfe`, the guidance interval's
+  skipped calls; autoguidance counts both networks). No time is estimated: the seconds per image-NFE
+  depend on the model and the machine, and the project has measured none that would hold for a config.
+  """
+  from cfg import generate  # pylint: disable=g-import-not-at-top
+  from cfg.config_checks import guidance_weights  # pylint: disable=g-import-not-at-top
+  samples = config.sampling.num_samples * len(guidance_weights(config))
+  nfe = generate.evaluations(config)
   train_steps = config.train.num_steps if trains else 0
   return {
       'train_steps': train_steps,
       'train_images': train_steps * config.train.batch_size,
-      'samples': config.sampling.num_samples * num_weights,
-      'network_evals': 2 * config.sampling.num_samples * num_weights * config.sampling.num_steps,
+      'samples': samples,
+      'num_steps': generate.num_steps(config),
+      'nfe_per_image': nfe.total,
+      'image_nfe': nfe.total * samples,
   }
 
 

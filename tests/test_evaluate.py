@@ -72,7 +72,8 @@ def test_sweep_plan_names_workdirs_and_counts_cost(tmp_path):
   assert [c.diffusion.p_uncond for _, c, _ in planned] == [0.1, 0.5]
   _, _, cost = planned[0]
   weights = len(config.guidance.weights)
-  assert cost['network_evals'] == 2 * config.sampling.num_samples * weights * config.sampling.num_steps
+  # ddim T = 4: 3 guided levels of a 2B call, 6 evaluations per image (tests/test_sweep.py has the rest).
+  assert cost['image_nfe'] == 6 * config.sampling.num_samples * weights
   assert cost['train_images'] == config.train.num_steps * config.train.batch_size
 
   steps = sweep.plan(config, sweep.Sweep('sampling.num_steps', (4, 8), train=False), str(tmp_path))
