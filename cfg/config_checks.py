@@ -1,4 +1,10 @@
-"""Checks a config before anything runs, so bad input fails with one message that says how to fix it."""
+"""Checks a config before anything runs, so bad input fails with one message that says how to fix it.
+
+Settings that cannot work raise ConfigError; settings that run but are known to give poor samples are
+printed as one `warning:` line each (`config_warnings`) and run as asked.
+"""
+
+import math
 
 DATASETS = ('fashion_mnist', 'cifar10', 'imagenet64', 'imagenet128')
 MODES = ('train', 'sample', 'eval', 'sweep')
@@ -25,8 +31,25 @@ def guidance_weights(config):
   return tuple(float(w) for w in config.guidance.weights)
 
 
+def config_warnings(config):
+  """One message per setting that runs but is known to be poor."""
+  s, d = config.sampling, config.diffusion
+  messages = []
+  if s.sampler == 'heun' and s.grid == 'uniform_u':
+    # σ_e = e^{−λ/2} = tan(a u + b) on the truncated-cosine grid (paper §1), u = 1 and 1 − 1/(T − 1).
+    levels = s.num_steps if s.nfe is None else s.nfe // 2 + 1
+    b = math.atan(math.exp(-0.5 * d.logsnr_max))
+    a = math.atan(math.exp(-0.5 * d.logsnr_min)) - b
+    sigmas = [math.tan(a * u + b) for u in (1.0, 1.0 - 1.0 / (levels - 1))]
+    messages.append(
+        f'config.sampling.sampler=heun on sampling.grid=uniform_u: its first step jumps from σ_e = '
+        f'{sigmas[0]:,.0f} to {sigmas[1]:,.1f}, where the trapezoid is poor; use '
+        '--config.sampling.grid=uniform_logsnr or edm.')
+  return messages
+
+
 def check_config(config):
-  """Raises ConfigError for the first field that cannot work."""
+  """Raises ConfigError for the first field that cannot work; prints `config_warnings`."""
   _require(config.mode in MODES, f'config.mode={config.mode!r} is unknown; use one of {MODES}.')
   _require(config.data.name in DATASETS,
            f'config.data.name={config.data.name!r} is unknown; use one of {DATASETS}.')
@@ -57,6 +80,8 @@ def check_config(config):
            f'config.model.compute_dtype={m.compute_dtype!r}; use float32 or bfloat16.')
   _require((m.num_heads > 0) != (m.head_channels > 0),
            'set exactly one of config.model.num_heads and config.model.head_channels (the other -1).')
+  for message in config_warnings(config):
+    print(f'warning: {message}', flush=True)
 
 
 def _check_sampling(config):

@@ -1,9 +1,11 @@
 """The ImageNet configs carry the paper's settings (paper.md §5, Tables 1–2), field by field."""
 
+import numpy as np
 import pytest
 
 from cfg.config_checks import check_config
 from configs import cifar10, default, fashion_mnist, imagenet64, imagenet128, smoke
+from tests.test_samplers import reference_grid
 
 PAPER = {
     imagenet64: {
@@ -70,3 +72,23 @@ def test_hardware_presets_keep_the_paper_setting_and_divide_over_their_devices(m
   assert config.train.batch_size % (devices * config.train.grad_accum_steps) == 0
   assert config.sampling.batch_size % devices == 0
   assert tuple(config.guidance.weights) == PAPER_WEIGHTS
+
+
+def test_heun_on_the_uniform_u_grid_warns_and_runs(capsys):
+  config = fashion_mnist.get_config()
+  config.sampling.update(dict(sampler='heun', num_steps=8))
+  check_config(config)  # a warning, not an error: it samples as asked
+  (line,) = capsys.readouterr().out.splitlines()
+  # σ_e = e^{−λ/2} of Algorithm 2's grid's first two levels (float64).
+  sigmas = np.exp(-0.5 * reference_grid(8)[:2])
+  assert line == ('warning: config.sampling.sampler=heun on sampling.grid=uniform_u: its first step '
+                  f'jumps from σ_e = {sigmas[0]:,.0f} to {sigmas[1]:,.1f}, where the trapezoid is poor; '
+                  'use --config.sampling.grid=uniform_logsnr or edm.')
+  assert (f'{sigmas[0]:,.0f}', f'{sigmas[1]:,.1f}') == ('22,026', '4.4')  # the README's numbers
+  for grid in ('uniform_logsnr', 'edm'):
+    config.sampling.grid = grid
+    check_config(config)
+    assert capsys.readouterr().out == ''
+  config.sampling.update(dict(sampler='ddim', grid='uniform_u'))
+  check_config(config)
+  assert capsys.readouterr().out == ''
