@@ -2,7 +2,8 @@
 
 Saves are asynchronous and atomic (orbax writes a temporary folder and renames it when complete),
 so a run killed during a write leaves the previous checkpoints intact. Restoring walks back from
-the newest step and skips one that cannot be read, saying so. Orbax's zarr chunks carry no checksum
+the newest step and skips one that cannot be read, saying so. The directory may be local or any URL
+orbax and `cfg.files` support (gs://…). Orbax's zarr chunks carry no checksum
 (a garbled byte can read back as a wrong value without error), so `meta` stores a word sum of every
 leaf and a restored state whose sums differ counts as unreadable. An unreadable checkpoint newer than
 the one restored is moved aside (`<directory>_unreadable/<step>`, never deleted): orbax saves only steps
@@ -10,15 +11,14 @@ above the newest one it sees, so left in place it would silently refuse every sa
 """
 
 import os
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
-from jax.experimental import multihost_utils
 
+from cfg import files, parallel
 from cfg.errors import (CheckpointNotSavedError, MissingInputError, TrainingDivergedError, UserError,
                         WorkdirError)
 
@@ -81,8 +81,9 @@ class Checkpoints:
   """The checkpoints under `directory` (normally `<workdir>/checkpoints`)."""
 
   def __init__(self, directory, *, max_to_keep, async_save=True):
-    directory = os.path.abspath(directory)
-    self._check_writable(directory)
+    directory = files.path(directory)
+    if not files.is_url(directory):
+      self._check_writable(os.fspath(directory))
     self.manager = ocp.CheckpointManager(
         directory,
         item_handlers={'state': ocp.StandardCheckpointHandler(), 'meta': ocp.JsonCheckpointHandler(),
@@ -180,18 +181,14 @@ class Checkpoints:
     """Renames unreadable step folders to `<directory>_unreadable/<step>[.n]` (process 0; all wait)."""
     if not steps:
       return
-    aside = f'{os.fspath(self.manager.directory)}_unreadable'
-    if jax.process_index() == 0:
-      os.makedirs(aside, exist_ok=True)
+    directory = files.path(self.manager.directory)
+    aside = directory.with_name(f'{directory.name}_unreadable')
+    if parallel.is_writer():
       for step in steps:
-        target = os.path.join(aside, str(step))
-        if os.path.exists(target):
-          target += f'.{time.strftime("%Y%m%d-%H%M%S")}'
-        os.rename(os.path.join(os.fspath(self.manager.directory), str(step)), target)
+        target = files.move_aside(directory / str(step), aside)
         print(f'warning: moved the unreadable checkpoint at step {step} to {target}; '
               'training continues from the one before and saves new ones in its place.', flush=True)
-    if jax.process_count() > 1:
-      multihost_utils.sync_global_devices('cfg.checkpoints.move_aside')
+    parallel.sync('cfg.checkpoints.move_aside')
     self.manager.reload()
 
   def restore_config(self, step):

@@ -156,6 +156,11 @@ def to_model_range(images):
   return images.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
 
 
+def to_uint8(images):
+  """u = clip(round(127.5 (x + 1)), 0, 255): float [−1, 1] → uint8 [0, 255], the inverse of to_model_range."""
+  return np.clip(np.round(127.5 * (np.asarray(images, np.float32) + 1.0)), 0, 255).astype(np.uint8)
+
+
 def _splitmix64(x):
   """SplitMix64 finaliser (Steele et al. 2014), elementwise on uint64 with wrap-around."""
   with np.errstate(over='ignore'):

@@ -31,4 +31,8 @@ class ResumeMismatchError(UserError):
   """Resuming with a config whose data order differs from the one the checkpoint was trained with."""
 
 
+class ProcessZeroUserError(UserError):
+  """Process 0 found bad input while deciding for all processes (its message says what)."""
+
+
 USER_ERRORS = (UserError, ConfigError)

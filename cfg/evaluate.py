@@ -8,23 +8,24 @@ Feature space: Fashion-MNIST uses our classifier (`fd_fmnist`, `is_fmnist`, neve
 other datasets use the FID InceptionV3 (`fid`, `is`). Outputs under `<workdir>/eval/<tag>/`:
 results.json, table.md, table.csv, tradeoff.png (distance against score, points labelled by w),
 a sample grid and an ADM-format sample batch per w; plus TensorBoard scalars and hparams.
+
+With several processes every one samples and scores its share of each round; process 0 decides which
+rounds are left, writes every file, and sends the result rows to the others.
 """
 
 import dataclasses
 import hashlib
 import json
-import os
 from typing import Callable, Optional
 
-import jax
 import numpy as np
 
-from cfg import data, generate, parallel
+from cfg import data, files, generate, parallel
 from cfg.config_checks import guidance_weights
 from cfg.errors import MissingInputError
 from cfg.evaluation import adm_io, metrics, rounds, tables
-from cfg.metric_writer import MetricWriter, image_grid, save_png
-from cfg.sample import load_ema_params, make_sample_fn
+from cfg.metric_writer import MetricWriter, image_grid
+from cfg.trained import load_ema_params, make_sample_fn
 
 
 @dataclasses.dataclass
@@ -55,8 +56,8 @@ def feature_space(config):
   if e.reference_batch:
     reference = adm_io.reference_batch_statistics(e.reference_batch, variables)
   else:
-    cache = os.path.join(os.path.dirname(os.path.abspath(e.inception_weights)),
-                         f'reference_{config.data.name}_{data.eval_split(config.data)}.npz')
+    cache = files.path(e.inception_weights).parent / (
+        f'reference_{config.data.name}_{data.eval_split(config.data)}.npz')
     reference = adm_io.inception_reference_statistics(
         config.data, split=data.eval_split(config.data), variables=variables, cache_path=cache)
   return FeatureSpace('inception', score, reference, labels_meaningful=False)
@@ -114,7 +115,7 @@ def run(config, workdir, *, on_round: Optional[Callable[[int], None]] = None):
   model, params, step = load_ema_params(config, workdir, mesh, step=config.eval.checkpoint_step)
   weights = guidance_weights(config)
   space = feature_space(config)
-  directory = os.path.join(workdir, 'eval', evaluation_tag(config, step, weights))
+  directory = files.join(workdir, 'eval', evaluation_tag(config, step, weights))
   rounds.open_rounds(directory, {'weights': weights, 'step': step,
                                  'sampling': config.sampling.to_dict(), 'feature_space': space.name})
   print(generate.describe_evaluations(config), flush=True)
@@ -131,12 +132,18 @@ def run(config, workdir, *, on_round: Optional[Callable[[int], None]] = None):
     return {'ids': ids, 'labels': labels, 'images': images,
             'features': np.stack([f for f, _ in scored]), 'logits': np.stack([l for _, l in scored])}
 
-  parts = rounds.run_rounds(directory, num_rounds, make_round, on_round=on_round)
-  labels = np.concatenate(parts['labels'])
-  images, features, logits = (np.concatenate(parts[k], axis=1) for k in ('images', 'features', 'logits'))
-  rows = score_weights(space, weights, features, logits, labels)
-  if jax.process_index() == 0:
+  rounds.run_rounds(directory, num_rounds, make_round, on_round=on_round)
+
+  def score_and_write():  # process 0
+    parts = rounds.load_rounds(directory, num_rounds)
+    labels = np.concatenate(parts['labels'])
+    images, features, logits = (np.concatenate(parts[k], axis=1) for k in ('images', 'features', 'logits'))
+    rows = score_weights(space, weights, features, logits, labels)
     _write_outputs(config, directory, workdir, step, rows, images, labels)
+    return rows
+
+  rows = parallel.decided_by_process_zero(score_and_write)
+  parallel.sync('cfg.evaluate.written')
   return rows
 
 
@@ -148,18 +155,18 @@ def _write_outputs(config, directory, workdir, step, rows, images, labels):
           'num_samples': config.sampling.num_samples, 'p_uncond': config.diffusion.p_uncond,
           'seed': config.sampling.seed}
   tables.write_tables(directory, rows, info)
-  tables.write_text(os.path.join(directory, 'table.md'),  # the table with its sampler, T and NFE above it
+  files.write_text(directory / 'table.md',  # the table with its sampler, T and NFE above it
                     f'{generate.describe_evaluations(config)}\n\n{tables.markdown_table(rows)}\n')
-  tables.tradeoff_plot(os.path.join(directory, 'tradeoff.png'), {'this run': rows},
+  tables.tradeoff_plot(directory / 'tradeoff.png', {'this run': rows},
                        title=f'{config.data.name}, step {step}, {config.sampling.sampler} '
                        f'T={info["num_steps"]} NFE={nfe.total}, {config.guidance.method}')
   order = np.argsort(labels[:100], kind='stable')
   for row, per_weight in zip(rows, images):
     w = row['w']
-    save_png(os.path.join(directory, f'samples_w{w:g}.png'), image_grid(per_weight[:100][order], ncols=10))
+    files.save_png(directory / f'samples_w{w:g}.png', image_grid(per_weight[:100][order], ncols=10))
     if config.eval.save_samples:
-      adm_io.write_sample_batch(os.path.join(directory, f'samples_w{w:g}.npz'), per_weight, labels)
-  writer = MetricWriter(os.path.join(workdir, 'tensorboard'))
+      adm_io.write_sample_batch(directory / f'samples_w{w:g}.npz', per_weight, labels)
+  writer = MetricWriter(files.join(workdir, 'tensorboard'))
   for row in rows:
     writer.scalars(step, {f'eval/w{row["w"]:g}/{k}': v for k, v in row.items() if k not in ('w', 's')})
     writer.hparams(dict(info, w=row['w']), {f'hparam/{k}': v for k, v in row.items() if k not in ('w', 's')},

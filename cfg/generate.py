@@ -13,7 +13,6 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from cfg import data, guidance, parallel, samplers, solvers
 from cfg.config_checks import ConfigError
-from cfg.evaluation.adm_io import to_uint8
 
 
 def num_steps(config):
@@ -74,7 +73,7 @@ def make_sample_fn(model, config, mesh, *, guide=None):
   shared = guidance_params(config)
   if guide is None and config.guidance.method == 'autoguidance':
     # Callers without a guide (training previews) show CFG with the main network's own ∅ branch;
-    # `sample` and `eval` load the guide (cfg.sample.make_sample_fn) and never take this path.
+    # `sample` and `eval` load the guide (cfg.trained.make_sample_fn) and never take this path.
     print('note: no guide network here; sampling with guidance.method=cfg instead of autoguidance.',
           flush=True)
     kwargs['method'] = guidance.get_method('cfg')
@@ -128,7 +127,7 @@ def sample_batches(sample_fn, params, *, mesh, config, weights, num_samples, fir
     batch_labels = (labels_for(ids, num_classes=config.data.num_classes, seed=config.sampling.seed)
                     if labels is None else _batch_rows(labels, start, batch_size))
     rows = _local_rows(batch_labels, mesh), _local_rows(ids, mesh)
-    images = np.concatenate([to_uint8(parallel.to_host(sample_fn(params, key, *rows, chunk)))[:count]
+    images = np.concatenate([data.to_uint8(parallel.to_host(sample_fn(params, key, *rows, chunk)))[:count]
                              for chunk, count in weight_programs(weights, config.eval.weights_per_program)])
     # Image row r was made from row r of the device arrays, which need not be row r of the host's (a
     # mesh whose devices are not grouped by process places a process's rows elsewhere): read them back.

@@ -3,11 +3,9 @@
 Only process 0 writes; other processes get a writer that does nothing.
 """
 
-import os
 import time
 
 import numpy as np
-from PIL import Image
 
 
 def image_grid(images, *, ncols):
@@ -21,14 +19,6 @@ def image_grid(images, *, ncols):
   return grid
 
 
-def save_png(path, grid):
-  """Writes a uint8 HWC grid as PNG (single-channel grids become grayscale), atomically."""
-  image = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
-  tmp = path + '.tmp.png'
-  image.save(tmp)
-  os.replace(tmp, path)
-
-
 class MetricWriter:
   """Writes under `logdir` when `enabled` (process 0); a no-op elsewhere."""
 
@@ -37,7 +27,7 @@ class MetricWriter:
     self._writer = None
     if enabled:
       from tensorboardX import SummaryWriter
-      self._writer = SummaryWriter(logdir=logdir, flush_secs=10)
+      self._writer = SummaryWriter(logdir=str(logdir), flush_secs=10)
 
   def scalars(self, step, scalars):
     if self.enabled:

@@ -5,9 +5,14 @@ This is what `pmap` did, written as `jax.jit` with explicit shardings; the same 
 one CPU, 8 forced CPU devices, a GPU node or a TPU slice.
 """
 
+import json
+
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+
+from cfg.errors import USER_ERRORS, ProcessZeroUserError
 
 DATA_AXIS = 'data'
 
@@ -70,7 +75,50 @@ def global_batch(local_batch, mesh):
 
 def to_host(tree):
   """Gathers a (possibly multi-process) array tree to numpy on every host."""
-  from jax.experimental import multihost_utils
   if jax.process_count() == 1:
     return jax.tree.map(np.asarray, tree)
   return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def is_writer():
+  """Process 0 writes every file of a run; the others only compute."""
+  return jax.process_index() == 0
+
+
+def sync(name):
+  """All processes wait here (after process 0 wrote something they must see); a no-op with one."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
+class ProcessZeroError(Exception):
+  """What process 0 raised while deciding, re-raised on the other processes (the message is its)."""
+
+
+def decided_by_process_zero(decide):
+  """decide() — which rounds or files are left, whether a folder matches — runs on process 0 only, and
+  its JSON value reaches every process, so all enter the next collective program with the same plan.
+
+  An exception on process 0 is re-raised there; the others raise ProcessZeroError (a user error when
+  process 0's was one) with its message instead of waiting forever.
+  """
+  if jax.process_count() == 1:
+    return decide()
+  error, payload = None, {}
+  if jax.process_index() == 0:
+    try:
+      payload = {'value': decide()}
+    except Exception as e:  # pylint: disable=broad-except  (re-raised below, after the others know)
+      error, payload = e, {'error': f'{type(e).__name__}: {e}', 'user': isinstance(e, USER_ERRORS)}
+  encoded = np.frombuffer(json.dumps(payload, default=float).encode(), np.uint8)
+  length = int(multihost_utils.broadcast_one_to_all(np.int32(encoded.size)))
+  buffer = np.zeros(length, np.uint8)
+  if jax.process_index() == 0:
+    buffer[:] = encoded
+  received = json.loads(bytes(np.asarray(multihost_utils.broadcast_one_to_all(buffer))).decode())
+  if error is not None:
+    raise error
+  if 'error' in received:
+    raise (ProcessZeroUserError if received['user'] else ProcessZeroError)(
+        f'process 0 stopped: {received["error"]}')
+  return received['value']

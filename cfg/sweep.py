@@ -15,6 +15,7 @@ import os
 import shlex
 from typing import Any, Sequence
 
+from cfg import files
 from cfg.errors import MissingInputError
 from cfg.evaluation import tables
 
@@ -123,10 +124,9 @@ def find_results(workdir, config):
   from cfg.evaluate import evaluation_tag  # pylint: disable=g-import-not-at-top
   rest = evaluation_tag(config, 0, guidance_weights(config)).split('_', 1)[1]  # the tag after its step
   step = '*' if config.eval.checkpoint_step is None else config.eval.checkpoint_step
-  found = []
-  for path in glob.glob(os.path.join(workdir, 'eval', f'step{step}_{glob.escape(rest)}', 'results.json')):
-    with open(path) as f:
-      found.append(json.load(f))
+  evaluations = files.join(workdir, 'eval')
+  found = ([files.read_json(path) for path in evaluations.glob(f'step{step}_{glob.escape(rest)}/results.json')]
+           if evaluations.is_dir() else [])
   return max(found, key=lambda r: r['info']['step']) if found else None
 
 
@@ -147,17 +147,17 @@ def collect(config, sweep, root, out_dir, extra_overrides=()):
   if not series:
     raise MissingInputError(f'no finished evaluations under {root}; run the sweep first.')
   rows = [combined[w] for w in sorted(combined)]
-  os.makedirs(out_dir, exist_ok=True)
+  out_dir = files.path(out_dir)
   values = [str(v) for v in sweep.values]
   columns = ['w'] + sorted({k for r in rows for k in r if k != 'w'},
                            key=lambda k: (tables.METRIC_ORDER.index(k.split(' @ ')[0]),
                                           values.index(k.split(' @ ')[1])))
   text = tables.markdown_table(rows, columns=columns)
-  tables.write_text(os.path.join(out_dir, 'table.md'), text + '\n')
-  tables.write_csv(os.path.join(out_dir, 'table.csv'), rows, columns)
-  tables.write_text(os.path.join(out_dir, 'results.json'), json.dumps(
+  files.write_text(out_dir / 'table.md', text + '\n')
+  tables.write_csv(out_dir / 'table.csv', rows, columns)
+  files.write_text(out_dir / 'results.json', json.dumps(
       {'sweep': dataclasses.asdict(sweep), 'series': series}, indent=1, default=str))
-  tables.tradeoff_plot(os.path.join(out_dir, 'tradeoff.png'), series, title=f'sweep over {sweep.field}')
+  tables.tradeoff_plot(out_dir / 'tradeoff.png', series, title=f'sweep over {sweep.field}')
   print(text, flush=True)
   return rows
 

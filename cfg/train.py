@@ -4,34 +4,21 @@
 """
 
 import functools
-import os
 import signal
 import time
-from typing import Any
 
-import flax
 import jax
 from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from cfg import build, data, generate, parallel
-from cfg.checkpoints import Checkpoints
+from cfg import build, data, files, generate, parallel
 from cfg.config_checks import ConfigError
 from cfg.errors import ResumeMismatchError, TrainingDivergedError
 from cfg.losses import loss_from_draws, metric_means, training_draws
-from cfg.metric_writer import MetricWriter, Progress, image_grid, save_png
-
-
-@flax.struct.dataclass
-class TrainState:
-  step: jax.Array
-  params: Any
-  ema_params: Any
-  opt_state: Any
-  rng: jax.Array
-  num_skipped: jax.Array  # updates dropped because the loss or gradient was not finite
+from cfg.metric_writer import MetricWriter, Progress, image_grid
+from cfg.train_state import TrainState, init_state, restore_or_init
 
 
 def ema_decay(step, rate, *, warmup=True):
@@ -39,16 +26,6 @@ def ema_decay(step, rate, *, warmup=True):
   if not warmup:
     return jnp.asarray(rate, jnp.float32)
   return jnp.minimum(rate, (1.0 + step) / (10.0 + step))
-
-
-def init_state(config, model, optimizer):
-  """A fresh TrainState from `config.seed` (params and EMA start equal)."""
-  rng = jax.random.PRNGKey(config.seed)
-  params = model.init(jax.random.fold_in(rng, 0), jnp.zeros((1, *data.image_shape(config.data))),
-                      jnp.zeros((1,)), jnp.zeros((1,), jnp.int32))
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
-                    opt_state=optimizer.init(params), rng=jax.random.fold_in(rng, 1),
-                    num_skipped=jnp.zeros((), jnp.int32))
 
 
 def loss_and_grads(params, batch, *, model, config, loss_key, dropout_key):
@@ -137,26 +114,6 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def abstract_state(state_fn, mesh):
-  """The TrainState's shapes with replicated shardings, without allocating it."""
-  shapes = jax.eval_shape(state_fn)
-  sharding = parallel.replicated(mesh)
-  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
-
-
-def restore_or_init(config, workdir, *, model, optimizer, mesh, step=None):
-  """(state, checkpoints): the latest checkpoint in `workdir` (or the one at `step`), else a new state."""
-  checkpoints = Checkpoints(os.path.join(workdir, 'checkpoints'),
-                            max_to_keep=config.train.keep_checkpoints)
-  state_fn = functools.partial(init_state, config, model, optimizer)
-  state, meta = checkpoints.restore_latest(abstract_state(state_fn, mesh), step=step)
-  if state is None:
-    state = jax.jit(state_fn, out_shardings=parallel.replicated(mesh))()
-  elif meta['data_position'] != int(state.step):
-    raise ValueError(f'checkpoint step {int(state.step)} and data position {meta["data_position"]} differ.')
-  return state, checkpoints
-
-
 # Fields that decide which examples every step sees; a resume that changes one silently jumps or reorders the data.
 DATA_ORDER_FIELDS = ('train.batch_size', 'seed')
 
@@ -196,7 +153,7 @@ def train_and_evaluate(config, workdir):
   if start_step:
     check_resume_config(checkpoints.restore_config(start_step), config, start_step)
   is_writer = jax.process_index() == 0
-  writer = MetricWriter(os.path.join(workdir, 'tensorboard'), enabled=is_writer)
+  writer = MetricWriter(files.join(workdir, 'tensorboard'), enabled=is_writer)
   progress = Progress(total_steps=config.train.num_steps, start_step=start_step, enabled=is_writer)
   if start_step and is_writer:
     print(f'resuming from the checkpoint at step {start_step} in {workdir}', flush=True)
@@ -272,8 +229,8 @@ class _Previewer:
     self.labels = np.tile(np.arange(classes, dtype=np.int32), per_class)
     self.ncols = classes
     self.sample_fn = generate.make_sample_fn(model, config, mesh)
-    self.directory = os.path.join(workdir, 'previews')
-    self.is_writer = jax.process_index() == 0
+    self.directory = files.join(workdir, 'previews')
+    self.is_writer = parallel.is_writer()
 
   def __call__(self, ema_params, step, writer):
     count = len(self.labels)
@@ -285,8 +242,7 @@ class _Previewer:
         num_samples=count, labels=self.labels)
     if not self.is_writer:
       return
-    os.makedirs(self.directory, exist_ok=True)
     for w, per_weight in zip(self.weights, images):
       grid = image_grid(per_weight, ncols=self.ncols)
       writer.image(step, f'samples/w{w:g}', grid)
-      save_png(os.path.join(self.directory, f'step{step:08d}_w{w:g}.png'), grid)
+      files.save_png(self.directory / f'step{step:08d}_w{w:g}.png', grid)

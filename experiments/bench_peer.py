@@ -34,7 +34,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from cfg import build, guidance, parallel, train  # noqa: E402
+from cfg import build, guidance, parallel, train, train_state  # noqa: E402
 from configs import fashion_mnist  # noqa: E402
 
 TRAIN_BATCH, FORWARD_BATCH = 64, 128
@@ -83,7 +83,7 @@ def project_programs(options):
   config = fashion_mnist.get_config()
   model = build.model_from_config(config)
   optimizer = build.optimizer_from_config(config.optim)
-  state = jax.jit(lambda: train.init_state(config, model, optimizer))()
+  state = jax.jit(lambda: train_state.init_state(config, model, optimizer))()
   rng = np.random.default_rng(0)
   batch = {'images': jnp.asarray(rng.uniform(-1, 1, (TRAIN_BATCH, 28, 28, 1)), jnp.float32),
            'labels': jnp.asarray(rng.integers(0, 10, TRAIN_BATCH), jnp.int32)}

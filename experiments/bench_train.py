@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from cfg import build, data, parallel, train  # noqa: E402
+from cfg import build, data, parallel, train, train_state  # noqa: E402
 
 # Dense bf16 peak FLOP/s per device, from the vendors' data sheets.
 PEAK_FLOPS = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'TPU v4': 275e12, 'TPU v5': 459e12,
@@ -67,7 +67,7 @@ def main():
   mesh = parallel.data_mesh()
   model = build.model_from_config(config)
   optimizer = build.optimizer_from_config(config.optim)
-  init = jax.jit(lambda: train.init_state(config, model, optimizer),
+  init = jax.jit(lambda: train_state.init_state(config, model, optimizer),
                  out_shardings=parallel.replicated(mesh))
   batch_size = config.train.batch_size
   shape = data.image_shape(config.data)

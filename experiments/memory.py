@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-from cfg import build, data, generate, parallel, train  # pylint: disable=g-import-not-at-top
+from cfg import build, data, generate, parallel, train, train_state  # pylint: disable=g-import-not-at-top
 
 GB = 1e9
 BUDGETS_GB = (16, 40, 80)
@@ -59,7 +59,7 @@ def abstract(tree):
 
 def train_program(config, model, optimizer):
   step = functools.partial(train.train_step, model=model, optimizer=optimizer, config=config)
-  state = abstract(jax.eval_shape(functools.partial(train.init_state, config, model, optimizer)))
+  state = abstract(jax.eval_shape(functools.partial(train_state.init_state, config, model, optimizer)))
 
   def at_batch(batch):
     images = jax.ShapeDtypeStruct((batch, *data.image_shape(config.data)), jnp.float32)

@@ -30,7 +30,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from jax._src.lib import _profile_data  # noqa: E402
 
-from cfg import build, parallel, train  # noqa: E402
+from cfg import build, parallel, train, train_state  # noqa: E402
 from configs import fashion_mnist  # noqa: E402
 
 
@@ -39,7 +39,7 @@ def compiled_program(name, options):
   config = fashion_mnist.get_config()
   model = build.model_from_config(config)
   optimizer = build.optimizer_from_config(config.optim)
-  state = jax.jit(lambda: train.init_state(config, model, optimizer))()
+  state = jax.jit(lambda: train_state.init_state(config, model, optimizer))()
   if name == 'train':
     batch = {'images': jax.random.normal(jax.random.key(1), (64, 28, 28, 1)),
              'labels': jnp.arange(64, dtype=jnp.int32) % 10}

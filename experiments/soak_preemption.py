@@ -119,7 +119,7 @@ def logged_losses(workdir):
 
 def final_state(config_flags, workdir):
   """The train state of the workdir's newest checkpoint, restored on this process's device."""
-  from cfg import build, parallel, train
+  from cfg import build, parallel, train_state
   from configs import smoke
   import jax
   config = smoke.get_config()
@@ -127,7 +127,7 @@ def final_state(config_flags, workdir):
     key, value = flag[len('--config.'):].split('=')
     section, field = key.split('.')
     config[section][field] = type(config[section][field])(value)
-  state, checkpoints = train.restore_or_init(
+  state, checkpoints = train_state.restore_or_init(
       config, workdir, model=build.model_from_config(config),
       optimizer=build.optimizer_from_config(config.optim), mesh=parallel.data_mesh())
   checkpoints.close()

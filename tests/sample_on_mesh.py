@@ -12,12 +12,12 @@ import numpy as np
 
 def smoke_samples(mesh, num_samples=8):
   """(ids, labels, uint8 images [K, N, …]) of the smoke model with fixed random parameters."""
-  from cfg import build, generate, train
+  from cfg import build, generate, train_state
   from tests.smoke_config import smoke_config
   config = smoke_config()
   config.sampling.update(dict(batch_size=num_samples, num_steps=3))
   model = build.model_from_config(config)
-  params = train.init_state(config, model, build.optimizer_from_config(config.optim)).params
+  params = train_state.init_state(config, model, build.optimizer_from_config(config.optim)).params
   leaves, tree = jax.tree.flatten(params)  # away from the zero-initialised output: images depend on labels
   keys = jax.random.split(jax.random.key(0), len(leaves))
   params = jax.tree.unflatten(tree, [x + 0.1 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])

@@ -44,7 +44,7 @@ def test_sample_batch_refuses_float_images_and_wrong_labels(tmp_path):
 
 def test_to_uint8_rounds_minus_one_one_onto_0_255():
   x = np.array([-1.5, -1.0, -1.0 + 1.4 / 127.5, 0.0, 1.0, 2.0])
-  np.testing.assert_array_equal(adm_io.to_uint8(x), [0, 0, 1, 128, 255, 255])
+  np.testing.assert_array_equal(data.to_uint8(x), [0, 0, 1, 128, 255, 255])
 
 
 def test_reads_a_reference_batch_in_adm_layout(tmp_path):

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from cfg import build, parallel, train
+from cfg import build, parallel, train, train_state
 from cfg.checkpoints import Checkpoints, NoReadableCheckpointError
 from cfg.errors import CheckpointNotSavedError, ResumeMismatchError
 from tests.smoke_config import smoke_config
@@ -35,7 +35,7 @@ def trained(tmp_path_factory):
 
 def _restore(workdir, step=None):
   config = smoke_config()
-  state, checkpoints = train.restore_or_init(
+  state, checkpoints = train_state.restore_or_init(
       config, workdir, model=build.model_from_config(config),
       optimizer=build.optimizer_from_config(config.optim), mesh=parallel.data_mesh(), step=step)
   checkpoints.close()

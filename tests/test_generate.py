@@ -4,7 +4,7 @@ of one program over all weights."""
 import jax
 import numpy as np
 
-from cfg import build, generate, parallel, train
+from cfg import build, generate, parallel, train_state
 from tests.smoke_config import smoke_config
 
 
@@ -19,7 +19,7 @@ def test_weights_in_programs_of_two_give_the_images_of_one_program():
   config = smoke_config()
   config.sampling.update(dict(batch_size=4, num_steps=3))
   model = build.model_from_config(config)
-  params = train.init_state(config, model, build.optimizer_from_config(config.optim)).params
+  params = train_state.init_state(config, model, build.optimizer_from_config(config.optim)).params
   leaves, tree = jax.tree.flatten(params)  # away from the zero-initialised output: ε̂ depends on w
   keys = jax.random.split(jax.random.key(0), len(leaves))
   params = jax.tree.unflatten(tree, [x + 0.1 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])

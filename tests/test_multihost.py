@@ -10,12 +10,13 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
 import pytest
 
-from cfg import build, parallel, sample, train
+from cfg import build, parallel, sample, train, train_state
 from configs import smoke
 from tests import sample_on_mesh
 from tests.tb_events import read_scalars
@@ -54,7 +55,7 @@ def _losses(workdir):
 
 def _restore(workdir, step=None):
   config = _config()
-  state, checkpoints = train.restore_or_init(
+  state, checkpoints = train_state.restore_or_init(
       config, workdir, model=build.model_from_config(config),
       optimizer=build.optimizer_from_config(config.optim), mesh=parallel.data_mesh(), step=step)
   checkpoints.close()
@@ -208,3 +209,62 @@ def test_labels_stay_with_their_images_on_a_mesh_not_grouped_by_process(tmp_path
     # Another device count sums in another order: a pixel may move by one uint8 level.
     difference = np.abs(two_processes['images'].astype(int) - one_images.astype(int))
     assert difference.max() <= 1, difference.max()
+
+
+def _launch_processes(workdir, *flags, count):
+  """`count` processes × 1 device on localhost (count = 1: one process × 2 devices, the same devices)."""
+  if count == 1:
+    return [_start(workdir, *flags, num_devices=2)]
+  port = _free_port()
+  return [_start(workdir, f'--coordinator_address=127.0.0.1:{port}', f'--num_processes={count}',
+                 f'--process_id={i}', *flags) for i in range(count)]
+
+
+def _files(workdir, mode):
+  """{relative path: bytes} of every file the mode wrote (PNG grids and TensorBoard events aside)."""
+  found = {}
+  for path in glob.glob(os.path.join(workdir, mode, '**', '*'), recursive=True):
+    if os.path.isfile(path) and not path.endswith('.png'):
+      with open(path, 'rb') as f:
+        found[os.path.relpath(path, workdir)] = f.read()
+  return found
+
+
+EVAL_FLAGS = ('--config.mode=eval', '--config.sampling.num_samples=80', '--config.sampling.batch_size=10',
+              f'--config.eval.feature_net_dir={ROOT}/experiments/fashion_mnist/feature_net')
+
+
+def test_two_processes_evaluate_and_sample_like_one_and_a_killed_evaluation_resumes(runs, tmp_path):
+  """Process 0 decides which rounds and weights are left and writes every file: two processes give the
+  files of one process on the same two devices, byte for byte, also after one of them was killed
+  mid-evaluation (the job with it) and the evaluation was started again."""
+  dirs = {name: _only_checkpoint(runs['dirs']['two_devices'], 8, str(tmp_path / name))
+          for name in ('one', 'two')}
+  for process in _launch_processes(dirs['one'], *EVAL_FLAGS, count=1):
+    _finish(process)
+
+  hosts = _launch_processes(dirs['two'], *EVAL_FLAGS, count=2)
+  while not glob.glob(os.path.join(dirs['two'], 'eval', '*', 'round_00000.npz')):
+    assert all(host.poll() is None for host in hosts), [host.communicate() for host in hosts]
+    time.sleep(0.02)
+  hosts[1].kill()  # one host dies; the job dies with it
+  hosts[0].kill()
+  for host in hosts:
+    host.communicate()
+  finished = glob.glob(os.path.join(dirs['two'], 'eval', '*', 'round_*.npz'))
+  assert 1 <= len(finished) < 8, finished
+  outputs = [_finish(host) for host in _launch_processes(dirs['two'], *EVAL_FLAGS, count=2)]
+  assert 'results:' in outputs[0] and 'results:' not in outputs[1]  # only process 0 reports and writes
+  one, two = _files(dirs['one'], 'eval'), _files(dirs['two'], 'eval')
+  assert sorted(one) == sorted(two) and any(name.endswith('results.json') for name in one)
+  for name in one:
+    assert two[name] == one[name], name
+
+  sample_flags = ('--config.mode=sample', '--config.sampling.num_samples=20', '--config.sampling.batch_size=10')
+  for count in (1, 2):
+    for process in _launch_processes(dirs['one' if count == 1 else 'two'], *sample_flags, count=count):
+      _finish(process)
+  one, two = _files(dirs['one'], 'samples'), _files(dirs['two'], 'samples')
+  assert sorted(one) == sorted(two) and len(one) == 3, sorted(one)  # w0.npz, w1.npz, nfe.json
+  for name in one:
+    assert two[name] == one[name], name

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cfg import build, parallel, train
+from cfg import build, parallel, train_state
 from configs import smoke
 from tests.test_unet import perturbed
 
@@ -18,7 +18,7 @@ def test_cpu_programs_keep_ynnpack_for_dots_only_and_other_backends_get_no_optio
 def _perturbed_state(config):
   model = build.model_from_config(config)
   optimizer = build.optimizer_from_config(config.optim)
-  state = jax.jit(lambda: train.init_state(config, model, optimizer))()
+  state = jax.jit(lambda: train_state.init_state(config, model, optimizer))()
   # Zero-initialised output layers would make every output 0 and hide any difference.
   return model, perturbed(state.params, seed=3)
 

@@ -8,7 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from cfg import config_checks, generate, guidance, parallel, sample, solvers, train
+from cfg import config_checks, generate, guidance, parallel, solvers, train
+from cfg.trained import load_ema_params, load_guide, make_sample_fn
 from cfg.config_checks import ConfigError, check_config
 from cfg.evaluation import adm_io
 from tests.smoke_config import smoke_config
@@ -95,8 +96,8 @@ def test_autoguidance_with_itself_as_guide_gives_the_conditional_model(trained):
   mesh = parallel.data_mesh()
   config = _sample_config(method='autoguidance', guide_workdir=trained)
   check_config(config)
-  model, params, _ = sample.load_ema_params(config, trained, mesh)
-  fn = sample.make_sample_fn(model, config, mesh)
+  model, params, _ = load_ema_params(config, trained, mesh)
+  fn = make_sample_fn(model, config, mesh)
   key, ids = jax.random.PRNGKey(0), np.arange(6)
   labels = generate.labels_for(ids, num_classes=10, seed=0)
   rows = lambda a: generate._local_rows(a, mesh)  # pylint: disable=protected-access
@@ -108,15 +109,15 @@ def test_autoguidance_with_itself_as_guide_gives_the_conditional_model(trained):
 def test_autoguidance_rejects_a_missing_or_incompatible_guide(trained, tmp_path):
   mesh = parallel.data_mesh()
   with pytest.raises(ConfigError, match='no checkpoints in guidance.guide_workdir'):
-    sample.load_guide(_sample_config(method='autoguidance', guide_workdir=str(tmp_path)), mesh)
+    load_guide(_sample_config(method='autoguidance', guide_workdir=str(tmp_path)), mesh)
   other = _sample_config(method='autoguidance', guide_workdir=trained)
   other.data.num_classes = 5
   with pytest.raises(ConfigError, match='data.num_classes=10, the main model on 5'):
-    sample.load_guide(other, mesh)
+    load_guide(other, mesh)
   other = _sample_config(method='autoguidance', guide_workdir=trained)
   other.data.image_size = 32
   with pytest.raises(ConfigError, match='data.image_size=28'):
-    sample.load_guide(other, mesh)
+    load_guide(other, mesh)
 
 
 def test_without_a_guide_network_autoguidance_configs_preview_with_cfg(capsys):

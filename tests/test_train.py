@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from cfg import build, train
+from cfg import build, train, train_state
 from cfg.config_checks import ConfigError
 from configs import smoke
 from tests.tb_events import read_scalars
@@ -34,7 +34,7 @@ def test_tiny_model_loss_falls_on_synthetic_data():
   config.optim.update(dict(learning_rate=3e-3, warmup_steps=10))
   model = build.model_from_config(config)
   optimizer = build.optimizer_from_config(config.optim)
-  state = train.init_state(config, model, optimizer)
+  state = train_state.init_state(config, model, optimizer)
   step = jax.jit(lambda s, b: train.train_step(s, b, model=model, optimizer=optimizer, config=config))
   batch = _synthetic_batches(config.data.num_classes, 16, config.data.image_size)
   losses = []
@@ -93,7 +93,7 @@ def test_nonfinite_update_is_skipped():
   config = smoke_config()
   model = build.model_from_config(config)
   optimizer = build.optimizer_from_config(config.optim)
-  state = train.init_state(config, model, optimizer)
+  state = train_state.init_state(config, model, optimizer)
   batch = _synthetic_batches(config.data.num_classes, 4, config.data.image_size)
   batch['images'] = batch['images'].at[0, 0, 0, 0].set(jnp.nan)
   new_state, metrics = train.train_step(state, batch, model=model, optimizer=optimizer, config=config)
@@ -111,7 +111,7 @@ def test_bfloat16_compute_trains_like_float32_with_float32_state():
     config.model.compute_dtype = dtype
     model = build.model_from_config(config)
     optimizer = build.optimizer_from_config(config.optim)
-    state = train.init_state(config, model, optimizer)
+    state = train_state.init_state(config, model, optimizer)
     step = jax.jit(lambda s, b: train.train_step(s, b, model=model, optimizer=optimizer, config=config))
     losses[dtype] = []
     for _ in range(8):
@@ -136,7 +136,7 @@ def test_ema_warmup_switch():
 
 def _loss_and_grads(config, batch):
   model = build.model_from_config(config)
-  state = train.init_state(config, model, build.optimizer_from_config(config.optim))
+  state = train_state.init_state(config, model, build.optimizer_from_config(config.optim))
   return jax.jit(lambda params: train.loss_and_grads(
       params, batch, model=model, config=config, loss_key=jax.random.key(3),
       dropout_key=jax.random.key(4)))(state.params)

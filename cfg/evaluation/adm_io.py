@@ -15,28 +15,15 @@ recall) keyed by a fingerprint of the feature network and the data, and recomput
 import dataclasses
 import hashlib
 import json
-import os
 import zipfile
 from typing import Optional
 
 import jax
 import numpy as np
 
-from cfg import data
+from cfg import data, files, parallel
 from cfg.evaluation import inception
 from cfg.evaluation import metrics
-
-
-def to_uint8(images):
-  """u = clip(round(127.5 (x + 1)), 0, 255) for images x in [−1, 1]."""
-  return np.clip(np.round(127.5 * (np.asarray(images, np.float32) + 1.0)), 0, 255).astype(np.uint8)
-
-
-def _atomic_savez(path, arrays):
-  partial = f'{path}.partial'
-  with open(partial, 'wb') as f:  # a file object: numpy would otherwise append '.npz' to the name
-    np.savez(f, **arrays)
-  os.replace(partial, path)  # a reader never sees half a file
 
 
 def write_sample_batch(path, images, labels=None):
@@ -44,7 +31,7 @@ def write_sample_batch(path, images, labels=None):
   images = np.asarray(images)
   if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
     raise ValueError(f'A sample batch holds uint8 images [N, H, W, 1 or 3]; got {images.dtype} '
-                     f'{images.shape}. Convert [−1, 1] floats with adm_io.to_uint8; put channels last.')
+                     f'{images.shape}. Convert [−1, 1] floats with cfg.data.to_uint8; put channels last.')
   arrays = {'arr_0': images}
   if labels is not None:
     labels = np.asarray(labels)
@@ -52,12 +39,12 @@ def write_sample_batch(path, images, labels=None):
       raise ValueError(f'Expected one integer label per image, shape {images.shape[:1]}; got '
                        f'{labels.dtype} {labels.shape}.')
     arrays['arr_1'] = labels.astype(np.int64)
-  _atomic_savez(path, arrays)
+  files.save_npz(path, arrays)
 
 
 def read_sample_batch(path):
   """(uint8 images [N, H, W, C], int64 labels [N] or None) from an ADM sample batch."""
-  with np.load(path) as npz:
+  with files.open_npz(path) as npz:
     if 'arr_0' not in npz:
       raise ValueError(f'{path} has no arr_0 (keys: {sorted(npz.keys())}); a sample batch stores its '
                        'uint8 NHWC images as arr_0 (see adm_io.write_sample_batch).')
@@ -70,7 +57,7 @@ def iterate_npz_array(path, key, *, batch_size):
   Reads the .npy member's header and then its raw bytes from the zip stream (stored or deflated), so
   50k samples at 256×256 (~10 GB) stream through a fixed amount of memory.
   """
-  with zipfile.ZipFile(path) as archive:
+  with files.path(path).open('rb') as raw, zipfile.ZipFile(raw) as archive:
     if f'{key}.npy' not in archive.namelist():
       raise ValueError(f'{path} has no array {key!r}; it holds '
                        f'{sorted(name[:-4] for name in archive.namelist())}.')
@@ -81,7 +68,7 @@ def iterate_npz_array(path, key, *, batch_size):
       else:
         shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
       if fortran_order or dtype.hasobject or not shape:
-        with np.load(path) as npz:
+        with files.open_npz(path) as npz:
           array = npz[key]
         for start in range(0, len(array), batch_size):
           yield array[start:start + batch_size]
@@ -111,7 +98,7 @@ def read_reference_batch(path, *, load_images=True):
 
   load_images=False leaves the (possibly large) arr_0 on disk; stream it with `iterate_npz_array`.
   """
-  with np.load(path) as npz:
+  with files.open_npz(path) as npz:
     keys = set(npz.keys())
     if not ({'mu', 'sigma'} <= keys or 'arr_0' in keys):
       raise ValueError(f'{path} is not an ADM reference batch: it needs mu and sigma, or images as arr_0 '
@@ -131,7 +118,7 @@ def reference_batch_statistics(path, variables, *, batch_size=100):
   and any spatial statistics not stored are None for a batch without images.
   """
   batch = read_reference_batch(path, load_images=False)
-  with zipfile.ZipFile(path) as archive:
+  with files.path(path).open('rb') as raw, zipfile.ZipFile(raw) as archive:
     has_images = 'arr_0.npy' in archive.namelist()
   stats = {'mu': batch.mu, 'sigma': batch.sigma, 'mu_spatial': batch.mu_spatial,
            'sigma_spatial': batch.sigma_spatial, 'features': None}
@@ -173,16 +160,16 @@ def reference_statistics(data_config, *, split, features_fn, features_id, cache_
   data_record = {key: value for key, value in data_config.to_dict().items() if key != 'read_threads'}
   fingerprint = hashlib.sha256(json.dumps(
       [features_id, data_record, split, max_examples], sort_keys=True, default=str).encode()).hexdigest()
-  if cache_path is not None and os.path.isfile(cache_path):
-    with np.load(cache_path) as stored:
+  if cache_path is not None and files.path(cache_path).exists():
+    with files.open_npz(cache_path) as stored:
       if 'fingerprint' in stored and str(stored['fingerprint']) == fingerprint:
         return {key: stored[key] for key in ('mu', 'sigma', 'features')}
   images, _ = data.load_split(data_config, split, max_examples)
   features = np.asarray(features_fn(images))
   mu, sigma = metrics.feature_statistics(features)
   stats = {'mu': mu, 'sigma': sigma, 'features': features}
-  if cache_path is not None:
-    _atomic_savez(cache_path, dict(stats, fingerprint=np.array(fingerprint),
+  if cache_path is not None and parallel.is_writer():  # the others compute the same and go on
+    files.save_npz(cache_path, dict(stats, fingerprint=np.array(fingerprint),
                                    num_images=np.array(len(features))))
   return stats
 

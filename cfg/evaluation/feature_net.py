@@ -19,7 +19,6 @@ import functools
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import time
@@ -33,7 +32,7 @@ import optax
 import orbax.checkpoint as ocp
 from absl import logging
 
-from cfg import data, parallel
+from cfg import data, files, parallel
 from cfg.errors import MissingInputError
 
 INFO_FILE = 'feature_net.json'
@@ -119,7 +118,7 @@ class TrainedFeatureNet:
   network: FeatureNet
   variables: Any
   info: dict
-  directory: Optional[str] = None
+  directory: Optional[os.PathLike] = None  # local path or URL (cfg.files.path)
 
   @property
   def test_accuracy(self):
@@ -239,12 +238,13 @@ def _data_record(data_config):
 
 def check_output_directory(directory, *, overwrite):
   """FileExistsError unless `directory` is absent, or is a feature net and overwrite is set."""
-  if not os.path.exists(directory):
+  directory = files.path(directory)
+  if not directory.exists():
     return
   if not overwrite:
     raise FileExistsError(f'{directory} already exists; pass --overwrite (overwrite=True) to '
                           'replace it, or choose another --out.')
-  if os.listdir(directory) and not os.path.isfile(os.path.join(directory, INFO_FILE)):
+  if any(directory.iterdir()) and not (directory / INFO_FILE).is_file():
     raise FileExistsError(f'{directory} is not empty and holds no {INFO_FILE}; refusing to delete '
                           'a directory that is not a feature network. Choose another --out.')
 
@@ -252,37 +252,38 @@ def check_output_directory(directory, *, overwrite):
 def save_feature_net(feature_net, directory, *, overwrite=False, provenance=None):
   """Writes variables/ (orbax) and feature_net.json (info + provenance) into a fresh `directory`."""
   check_output_directory(directory, overwrite=overwrite)
-  directory = os.path.abspath(directory)
-  if os.path.exists(directory):
-    shutil.rmtree(directory)
-  os.makedirs(directory)
+  directory = files.path(directory)
+  if directory.exists():
+    directory.rmtree()
+  directory.mkdir(parents=True)
   checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(os.path.join(directory, VARIABLES_DIR), feature_net.variables)
+  checkpointer.save(directory / VARIABLES_DIR, feature_net.variables)
   checkpointer.wait_until_finished()
   info = dict(feature_net.info)
   if provenance is not None:
     info['provenance'] = provenance
-  with open(os.path.join(directory, INFO_FILE), 'w') as f:
-    json.dump(info, f, indent=2)
-    f.write('\n')
+  files.write_text(directory / INFO_FILE, json.dumps(info, indent=2) + '\n')
   return TrainedFeatureNet(feature_net.network, feature_net.variables, info, directory)
 
 
 def load_feature_net(directory):
   """The TrainedFeatureNet saved in `directory`; MissingInputError naming the command to make it."""
-  info_path = os.path.join(directory, INFO_FILE)
-  variables_path = os.path.join(os.path.abspath(directory), VARIABLES_DIR)
-  if not os.path.isfile(info_path) or not os.path.isdir(variables_path):
+  info_path, variables_path = files.join(directory, INFO_FILE), files.join(directory, VARIABLES_DIR)
+  if not info_path.is_file() or not variables_path.is_dir():
     raise MissingInputError(
         f'No Fashion-MNIST feature network in {directory!r} (it needs {INFO_FILE} and '
         f'{VARIABLES_DIR}/). Create it with: {CREATE_COMMAND.format(directory=directory)}')
-  with open(info_path) as f:
-    info = json.load(f)
+  info = files.read_json(info_path)
   network = network_from_config(info['network'])
-  abstract = jax.eval_shape(
-      lambda: network.init(jax.random.key(0), jnp.zeros((1, *network.image_shape)), train=False))
+  # Every process scores its own images with its own full copy, on its first local device (with several
+  # processes orbax needs the target's sharding to know that).
+  on_this_process = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.tree.map(
+      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=on_this_process),
+      jax.eval_shape(lambda: network.init(jax.random.key(0), jnp.zeros((1, *network.image_shape)),
+                                          train=False)))
   variables = ocp.StandardCheckpointer().restore(variables_path, dict(abstract))
-  return TrainedFeatureNet(network, variables, info, os.path.abspath(directory))
+  return TrainedFeatureNet(network, variables, info, files.path(directory))
 
 
 # ------------------------------------------------------------------ reference statistics
@@ -301,8 +302,8 @@ def reference_stats(feature_net, data_config, *, split=None, max_examples=None):
                      f'takes {feature_net.network.image_shape}; set data.image_size to match.')
   cache = None
   if feature_net.directory is not None:
-    cache = os.path.join(feature_net.directory, f'reference_{data_config.name}_{split}_'
-                         f'{"all" if max_examples is None else max_examples}.npz')
+    cache = files.join(feature_net.directory, f'reference_{data_config.name}_{split}_'
+                       f'{"all" if max_examples is None else max_examples}.npz')
   return adm_io.reference_statistics(
       data_config, split=split, features_fn=lambda images: feature_net.features_and_logits(images)[0],
       features_id=feature_net.info, cache_path=cache, max_examples=max_examples)

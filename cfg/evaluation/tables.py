@@ -1,8 +1,10 @@
 """Result tables (Markdown, CSV, JSON) and the distance-against-score trade-off plot of a w sweep."""
 
 import csv
+import io
 import json
-import os
+
+from cfg import files
 
 METRIC_ORDER = ('fid', 'fd_fmnist', 'is', 'is_fmnist', 'precision', 'recall', 'class_accuracy')
 
@@ -32,23 +34,17 @@ def _format(value):
 
 def write_tables(directory, rows, info):
   """results.json ({info, rows}), table.md and table.csv in `directory`, each written atomically."""
-  write_text(os.path.join(directory, 'results.json'), json.dumps({'info': info, 'rows': rows}, indent=1))
-  write_text(os.path.join(directory, 'table.md'), markdown_table(rows) + '\n')
-  write_csv(os.path.join(directory, 'table.csv'), rows, ['w', 's'] + metric_names(rows))
+  files.write_text(files.join(directory, 'results.json'), json.dumps({'info': info, 'rows': rows}, indent=1))
+  files.write_text(files.join(directory, 'table.md'), markdown_table(rows) + '\n')
+  write_csv(files.join(directory, 'table.csv'), rows, ['w', 's'] + metric_names(rows))
 
 
 def write_csv(path, rows, columns):
-  with open(path + '.tmp', 'w', newline='') as f:
-    writer = csv.DictWriter(f, fieldnames=columns, extrasaction='ignore')
-    writer.writeheader()
-    writer.writerows(rows)
-  os.replace(path + '.tmp', path)
-
-
-def write_text(path, text):
-  with open(path + '.tmp', 'w') as f:
-    f.write(text)
-  os.replace(path + '.tmp', path)
+  text = io.StringIO(newline='')
+  writer = csv.DictWriter(text, fieldnames=columns, extrasaction='ignore')
+  writer.writeheader()
+  writer.writerows(rows)
+  files.write_text(path, text.getvalue())
 
 
 def tradeoff_plot(path, series, *, title):
@@ -71,6 +67,7 @@ def tradeoff_plot(path, series, *, title):
   if len(series) > 1:
     ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path + '.tmp.png', dpi=120)
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format='png', dpi=120)
   plt.close(fig)
-  os.replace(path + '.tmp.png', path)
+  files.write_bytes(path, buffer.getvalue())

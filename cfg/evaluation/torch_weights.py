@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 
+from cfg import files
 from cfg.errors import MissingInputError
 
 
@@ -68,10 +69,9 @@ def read_converted_npz(path, *, network, url, convert_command):
          f'then point the {network} weights path at the .npz.')
   if path.endswith('.pth'):
     raise ValueError(f'{path} is the PyTorch weights file; this network reads the converted .npz. {how}')
-  if not os.path.exists(path):
+  if not files.path(path).exists():
     raise MissingInputError(f'No {network} weights at {path}. {how}')
-  with np.load(path) as npz:
-    return dict(npz)
+  return files.load_npz(path)
 
 
 def converter_main(convert, *, description, weights_file, argv=None):
