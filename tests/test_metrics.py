@@ -286,6 +286,38 @@ def test_bootstrap_replicates_are_distances_of_rows_drawn_with_replacement():
   np.testing.assert_allclose(blocked.replicates, got.replicates, rtol=1e-12)
 
 
+def _fd_by_eigenvalues(rows, mu_ref, sigma_ref):
+  """FD of rows' Gaussian to (μ_ref, Σ_ref) with tr √(Σ Σ_ref) = Σ √eig(Σ_ref^½ Σ Σ_ref^½), D × D.
+
+  With N ≤ D that matrix has rank < N; its other eigenvalues are rounding noise (~1e-15, whose square
+  roots would add ~3e-8 each), so those below 1e-12 of the largest count as 0.
+  """
+  root = _psd_sqrt(sigma_ref)
+  sigma = np.cov(rows, rowvar=False)
+  eig = np.linalg.eigvalsh(root @ sigma @ root)
+  eig = np.where(eig > 1e-12 * eig.max(), eig, 0.0)
+  return np.sum((rows.mean(0) - mu_ref) ** 2) + np.trace(sigma) + np.trace(sigma_ref) - 2 * np.sum(np.sqrt(eig))
+
+
+def test_fewer_samples_than_dimensions_give_the_same_replicates_and_fd_infinity():
+  # N = 12 ≤ D = 20 takes the N × N Gram form; the reference here is the D × D eigenvalue formula.
+  rng = np.random.default_rng(9)
+  features = rng.standard_normal((12, 20)) * rng.uniform(0.5, 2, 20) + 0.3
+  mu_ref, sigma_ref = rng.standard_normal(20) * 0.2, _random_covariance(rng, 20)
+  got = metrics.frechet_distance_bootstrap(features=features, mu_ref=mu_ref, sigma_ref=sigma_ref,
+                                           num_resamples=6, seed=3)
+  counts = np.random.default_rng(3).multinomial(12, np.full(12, 1 / 12), size=6)
+  expected = [_fd_by_eigenvalues(np.repeat(features, c, axis=0), mu_ref, sigma_ref) for c in counts]
+  np.testing.assert_allclose(got.replicates, expected, rtol=1e-9)
+  assert got.fd == pytest.approx(_fd_by_eigenvalues(features, mu_ref, sigma_ref), rel=1e-9)
+  sizes = np.array([4, 8, 12])
+  infinity = metrics.frechet_distance_infinity(features=features, mu_ref=mu_ref, sigma_ref=sigma_ref,
+                                               subset_sizes=sizes, seed=4)
+  shuffles = np.random.default_rng(4)
+  subset_fds = [_fd_by_eigenvalues(features[shuffles.permutation(12)[:n]], mu_ref, sigma_ref) for n in sizes]
+  np.testing.assert_allclose(infinity.fds, subset_fds, rtol=1e-9)
+
+
 def test_bootstrap_interval_covers_the_true_distance_at_its_nominal_rate():
   # 100 independent sample sets of N = 200 in 16-d: FD_200 is biased by +0.48 (sd 0.30), so the
   # percentile interval of the replicates seldom holds the truth (10 times); the basic interval must

@@ -254,6 +254,67 @@ def _reference(features, mu_ref, sigma_ref):
   return features, mu_ref, sigma_ref, _psd_sqrt(sigma_ref)
 
 
+def _frechet_from_gram(*, mean_offsets, trace_sample, grams, trace_ref):
+  """d² per leading index from the N × N Gram form: with Σ = Yᵀ Y (Y [N, D]), the non-zero eigenvalues
+  of Σ_ref^½ Σ Σ_ref^½ are those of G = Y Σ_ref Yᵀ, so tr √(Σ Σ_ref) = Σ √eig(G) at O(N³), not O(D³).
+
+  G has rank < N (Y's rows are centred); its zero eigenvalues come out as ±1e-15-sized rounding noise,
+  whose square roots would add ~3e-8 each, so eigenvalues below 1e-12 of the largest count as 0.
+  """
+  eigenvalues = np.linalg.eigvalsh(grams)
+  largest = np.max(eigenvalues, axis=-1, keepdims=True)
+  eigenvalues = np.where(eigenvalues > 1e-12 * largest, eigenvalues, 0.0)
+  trace_covmean = np.sum(np.sqrt(eigenvalues), axis=-1)
+  return np.sum(mean_offsets ** 2, axis=-1) + trace_sample + trace_ref - 2 * trace_covmean
+
+
+def _fd_of_rows(rows, *, mu_ref, sigma_ref, root_ref):
+  """FD of the Gaussian fitted to rows [N, D] (np.cov) to the fixed reference; Gram form when N ≤ D."""
+  num, dim = rows.shape
+  mean = rows.mean(axis=0)
+  if num > dim:
+    return float(_frechet_to_fixed_reference(mean, np.cov(rows, rowvar=False), mu_ref=mu_ref,
+                                             sigma_ref=sigma_ref, root_ref=root_ref))
+  scaled = (rows - mean) / np.sqrt(num - 1)
+  return float(_frechet_from_gram(mean_offsets=mean - mu_ref, trace_sample=np.sum(scaled ** 2),
+                                  grams=scaled @ sigma_ref @ scaled.T, trace_ref=np.trace(sigma_ref)))
+
+
+def _bootstrap_replicates_gram(centred, counts, *, mean, mu_ref, sigma_ref):
+  """Replicates for N ≤ D: Σ*_b = Y_bᵀ Y_b with Y_b = diag(√c_b)(X − 1 μ*_bᵀ)/√(N − 1), X the centred rows,
+  μ*_b = c_bᵀ X / N; G_b = diag(√c_b)(M − a 1ᵀ − 1 aᵀ + (c_bᵀ M c_b / N²) 1 1ᵀ) diag(√c_b)/(N − 1) with
+  M = X Σ_ref Xᵀ and a = M c_b / N."""
+  num = centred.shape[0]
+  gram_all = centred @ sigma_ref @ centred.T
+  means = counts @ centred / num
+  a = counts @ gram_all / num  # [B, N] (M is symmetric)
+  quad = np.sum(a * counts, axis=1) / num  # c_bᵀ M c_b / N²
+  inner = gram_all[None] - a[:, :, None] - a[:, None, :] + quad[:, None, None]
+  root = np.sqrt(counts)
+  grams = root[:, :, None] * inner * root[:, None, :] / (num - 1)
+  norms = np.sum(centred * centred, axis=1)
+  trace_sample = (counts @ norms - num * np.sum(means * means, axis=1)) / (num - 1)
+  return _frechet_from_gram(mean_offsets=mean + means - mu_ref, trace_sample=trace_sample, grams=grams,
+                            trace_ref=np.trace(sigma_ref))
+
+
+def _bootstrap_replicates_covariance(centred, counts, *, mean, mu_ref, sigma_ref, root_ref, max_elements):
+  """Replicates for N > D from the resampled D × D covariances."""
+  num, dim = centred.shape
+  rows_per_block = int(max(1, max_elements // (counts.shape[0] * dim)))
+  means = counts @ centred / num
+  second = np.zeros((counts.shape[0], dim, dim))
+  for row in range(0, num, rows_per_block):
+    block = centred[row:row + rows_per_block]
+    # Σ_i c_bi x_i x_iᵀ for every b as one flat product [(b·D), rows] @ [rows, D].
+    weighted = np.swapaxes(counts[:, row:row + rows_per_block, None] * block, 1, 2)
+    second += (np.ascontiguousarray(weighted).reshape(-1, block.shape[0]) @ block).reshape(second.shape)
+  # np.cov of the resampled rows: (Σ_i c_i x_i x_iᵀ − N μ* μ*ᵀ) / (N − 1).
+  covariances = (second - num * means[:, :, None] * means[:, None, :]) / (num - 1)
+  return _frechet_to_fixed_reference(mean + means, covariances, mu_ref=mu_ref, sigma_ref=sigma_ref,
+                                     root_ref=root_ref)
+
+
 def frechet_distance_bootstrap(*, features, mu_ref, sigma_ref, num_resamples=200, confidence=0.95,
                                seed=0, max_elements=1 << 24):
   """FD of features [N, D] to the fixed reference (μ_ref, Σ_ref), with a basic-bootstrap interval.
@@ -263,31 +324,26 @@ def frechet_distance_bootstrap(*, features, mu_ref, sigma_ref, num_resamples=200
   it reflects the replicates' spread about d, so it corrects the ≈ c/N upward bias of d to first
   order, where the plain percentile interval [q_lo, q_hi] sits above d and misses the true distance.
   Where the bias exceeds the spread (few samples in many dimensions) the interval lies wholly below d.
-  Costs num_resamples covariance products of N·D² (rows summed in blocks of ≤ max_elements numbers).
+  Costs num_resamples covariance products of N·D² (rows summed in blocks of ≤ max_elements numbers);
+  for N ≤ D each replicate is an N × N eigenproblem instead of a D × D one (`_frechet_from_gram`).
   """
   features, mu_ref, sigma_ref, root_ref = _reference(features, mu_ref, sigma_ref)
   num, dim = features.shape
   mean = features.mean(axis=0)
   centred = features - mean  # covariances are shift-invariant; centring keeps float64 sums exact
-  fd = float(_frechet_to_fixed_reference(mean, np.cov(features, rowvar=False), mu_ref=mu_ref,
-                                         sigma_ref=sigma_ref, root_ref=root_ref))
+  fd = _fd_of_rows(features, mu_ref=mu_ref, sigma_ref=sigma_ref, root_ref=root_ref)
   rng = np.random.default_rng(seed)
   chunk = int(np.clip(max_elements // (num * dim), 1, num_resamples))
-  rows_per_block = int(max(1, max_elements // (chunk * dim)))
   replicates = []
   for start in range(0, num_resamples, chunk):
     counts = rng.multinomial(num, np.full(num, 1.0 / num), size=min(chunk, num_resamples - start))
-    means = counts @ centred / num
-    second = np.zeros((counts.shape[0], dim, dim))
-    for row in range(0, num, rows_per_block):
-      block = centred[row:row + rows_per_block]
-      # Σ_i c_bi x_i x_iᵀ for every b as one flat product [(b·D), rows] @ [rows, D].
-      weighted = np.swapaxes(counts[:, row:row + rows_per_block, None] * block, 1, 2)
-      second += (np.ascontiguousarray(weighted).reshape(-1, block.shape[0]) @ block).reshape(second.shape)
-    # np.cov of the resampled rows: (Σ_i c_i x_i x_iᵀ − N μ* μ*ᵀ) / (N − 1).
-    covariances = (second - num * means[:, :, None] * means[:, None, :]) / (num - 1)
-    replicates.append(_frechet_to_fixed_reference(mean + means, covariances, mu_ref=mu_ref,
-                                                  sigma_ref=sigma_ref, root_ref=root_ref))
+    if num <= dim:
+      replicates.append(_bootstrap_replicates_gram(centred, counts.astype(np.float64), mean=mean,
+                                                   mu_ref=mu_ref, sigma_ref=sigma_ref))
+    else:
+      replicates.append(_bootstrap_replicates_covariance(
+          centred, counts, mean=mean, mu_ref=mu_ref, sigma_ref=sigma_ref, root_ref=root_ref,
+          max_elements=max_elements))
   replicates = np.concatenate(replicates)
   q_low, q_high = np.quantile(replicates, [(1 - confidence) / 2, (1 + confidence) / 2])
   return FrechetInterval(fd=fd, low=float(max(2 * fd - q_high, 0.0)), high=float(2 * fd - q_low),
@@ -311,9 +367,8 @@ def frechet_distance_infinity(*, features, mu_ref, sigma_ref, subset_sizes=None,
   rng = np.random.default_rng(seed)
   fds = []
   for size in subset_sizes:
-    subset = features[rng.permutation(num)[:size]]
-    fds.append(_frechet_to_fixed_reference(subset.mean(axis=0), np.cov(subset, rowvar=False),
-                                           mu_ref=mu_ref, sigma_ref=sigma_ref, root_ref=root_ref))
+    fds.append(_fd_of_rows(features[rng.permutation(num)[:size]], mu_ref=mu_ref, sigma_ref=sigma_ref,
+                           root_ref=root_ref))
   fds = np.asarray(fds, np.float64)
   slope, intercept = np.polyfit(1.0 / subset_sizes, fds, 1)
   return FrechetInfinity(fd_infinity=float(intercept), slope=float(slope), subset_sizes=subset_sizes,
