@@ -13,6 +13,9 @@ GRIDS = ('uniform_u', 'uniform_logsnr', 'edm')  # cfg.solvers.GRIDS
 METHODS = ('cfg', 'interval', 'schedule', 'rescale', 'threshold', 'apg', 'cfgpp', 'cfg_zero_star',
            'autoguidance')  # cfg.guidance.METHODS
 SCHEDULES = ('constant', 'linear', 'cosine', 'step')  # cfg.guidance.SCHEDULES
+LABEL_PROTOCOLS = ('balanced', 'uniform')  # cfg.generate.labels_for
+SPLITS = {'fashion_mnist': ('train', 'test'), 'cifar10': ('train', 'test'),
+          'imagenet64': ('train', 'validation'), 'imagenet128': ('train', 'validation')}  # cfg.data
 
 
 class ConfigError(ValueError):
@@ -66,6 +69,7 @@ def check_config(config):
            f'guidance weight {min(weights)} is below -1: w = -1 is already the unconditional model '
            '(scale s = 1 + w = 0); use w >= -1.')
   _check_guidance(config, weights)
+  _check_evaluation(config)
   o = config.optim
   _require(o.optimizer in ('adam', 'adamw'), f'config.optim.optimizer={o.optimizer!r}; use adam or adamw.')
   _require(o.learning_rate > 0, f'config.optim.learning_rate={o.learning_rate} must be positive.')
@@ -100,6 +104,20 @@ def _check_sampling(config):
            '1 the posterior variance).')
   _require(s.num_samples >= 1 and s.batch_size >= 1,
            'config.sampling.num_samples and config.sampling.batch_size must be positive.')
+  _require(s.labels in LABEL_PROTOCOLS,
+           f'config.sampling.labels={s.labels!r} is unknown; use balanced (every class equally often) or '
+           'uniform (independent uniform draws).')
+
+
+def _check_evaluation(config):
+  e = config.eval
+  splits = SPLITS.get(config.data.name, ())
+  _require(e.reference_split is None or e.reference_split in splits,
+           f'config.eval.reference_split={e.reference_split!r} is not a split of {config.data.name}; use '
+           f'one of {splits}, or None for the standard one.')
+  _require(e.bootstrap_resamples >= 10,
+           f'config.eval.bootstrap_resamples={e.bootstrap_resamples} must be at least 10 (the 95% interval '
+           'comes from the resamples\' 2.5% and 97.5% quantiles; 200 is the default).')
 
 
 def _check_guidance(config, weights):

@@ -2,6 +2,8 @@
 
 Example i of a run always gets label `labels_for(i)` and noise from fold_in(key, i), so the images
 do not depend on the batch size or the number of devices, and every weight sees the same noise.
+Labels follow `sampling.labels`: 'balanced' (each block of num_classes consecutive ids holds every class
+once, so any N samples hold ⌊N/C⌋ or ⌈N/C⌉ of each class) or 'uniform' (an independent uniform draw each).
 """
 
 import functools
@@ -12,7 +14,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from cfg import data, guidance, parallel, samplers, solvers
-from cfg.config_checks import ConfigError
+from cfg.config_checks import LABEL_PROTOCOLS, ConfigError
 
 
 def num_steps(config):
@@ -106,11 +108,26 @@ class _BoundGuide:
     return self.jitted.lower(params, key, labels, example_ids, weights, self.guide_params)
 
 
-def labels_for(example_ids, *, num_classes, seed):
-  """Uniform random class of each example, a function of (seed, example id) only."""
+_BALANCED_STREAM = 0x62616C  # folded into the seed's key: balanced labels never reuse a uniform draw
+
+
+def labels_for(example_ids, *, num_classes, seed, protocol='uniform'):
+  """The class of each example, a function of (seed, example id, protocol) only.
+
+  uniform:  y_i ~ U{0 … C − 1} from fold_in(key(seed), i).
+  balanced: y_i = π_b(i mod C) with b = ⌊i / C⌋ and π_b a random permutation of the C classes drawn
+            from fold_in(fold_in(key(seed), stream), b): ids bC … bC + C − 1 hold every class once.
+  """
   key = jax.random.PRNGKey(seed)
-  draw = jax.vmap(lambda i: jax.random.randint(jax.random.fold_in(key, i), (), 0, num_classes))
-  return np.asarray(draw(jnp.asarray(example_ids)), np.int32)
+  ids = jnp.asarray(example_ids)
+  if protocol == 'uniform':
+    draw = jax.vmap(lambda i: jax.random.randint(jax.random.fold_in(key, i), (), 0, num_classes))
+    return np.asarray(draw(ids), np.int32)
+  if protocol != 'balanced':
+    raise ConfigError(f'config.sampling.labels={protocol!r} is unknown; use one of {LABEL_PROTOCOLS}.')
+  stream = jax.random.fold_in(key, _BALANCED_STREAM)
+  permutation = jax.vmap(lambda b: jax.random.permutation(jax.random.fold_in(stream, b), num_classes))
+  return np.asarray(permutation(ids // num_classes)[jnp.arange(ids.size), ids % num_classes], np.int32)
 
 
 def sample_batches(sample_fn, params, *, mesh, config, weights, num_samples, first=0, labels=None):
@@ -124,7 +141,8 @@ def sample_batches(sample_fn, params, *, mesh, config, weights, num_samples, fir
   weights = jnp.asarray(weights, jnp.float32)
   for start in range(first, num_samples, batch_size):
     ids = np.arange(start, start + batch_size)  # the last batch is padded, then cut
-    batch_labels = (labels_for(ids, num_classes=config.data.num_classes, seed=config.sampling.seed)
+    batch_labels = (labels_for(ids, num_classes=config.data.num_classes, seed=config.sampling.seed,
+                               protocol=config.sampling.labels)
                     if labels is None else _batch_rows(labels, start, batch_size))
     rows = _local_rows(batch_labels, mesh), _local_rows(ids, mesh)
     images = np.concatenate([data.to_uint8(parallel.to_host(sample_fn(params, key, *rows, chunk)))[:count]

@@ -93,6 +93,7 @@ def _add_sampling_and_evaluation(config):
       num_samples=1_000,
       batch_size=500,  # global, over all devices
       seed=1,
+      labels='balanced',  # balanced: every class equally often (⌊N/C⌋ or ⌈N/C⌉) | uniform: i.i.d. draws
   ))
 
   # Paper convention: ε̃ = (1 + w) ε_c − w ε_u; w = 0 is the conditional model (scale s = 1 + w).
@@ -120,7 +121,14 @@ def _add_sampling_and_evaluation(config):
       checkpoint_step=config_dict.placeholder(int),  # None: the latest checkpoint
       feature_net_dir='experiments/fashion_mnist/feature_net',  # Fashion-MNIST feature network
       inception_weights=config_dict.placeholder(str),  # .npz from cfg.evaluation.convert_inception
-      reference_batch=config_dict.placeholder(str),  # ADM reference .npz (mu, sigma); None: eval split
+      reference_batch=config_dict.placeholder(str),  # ADM reference .npz (mu, sigma and/or arr_0)
+      # Without reference_batch the reference set is this split; None: the dataset's standard one
+      # (train for CIFAR-10 and ImageNet, as ADM / EDM; test for Fashion-MNIST, the feature net's held-out
+      # split). README "Comparability".
+      reference_split=config_dict.placeholder(str),
+      fd_dinov2=False,  # also FD_DINOv2 (EDM2's recipe); needs dinov2_weights
+      dinov2_weights=config_dict.placeholder(str),  # .npz from cfg.evaluation.convert_dinov2
+      bootstrap_resamples=200,  # resamples of each Fréchet distance's 95% interval (cost ∝ resamples·N·D²)
       save_samples=True,  # ADM-format .npz of the samples per w
       weights_per_program=config_dict.placeholder(int),  # None: all weights vmapped in one program
   ))

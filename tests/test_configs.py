@@ -1,9 +1,11 @@
 """The ImageNet configs carry the paper's settings (paper.md §5, Tables 1–2), field by field."""
 
+import re
+
 import numpy as np
 import pytest
 
-from cfg.config_checks import check_config
+from cfg.config_checks import ConfigError, check_config
 from configs import cifar10, default, fashion_mnist, imagenet64, imagenet128, smoke
 from tests.test_samplers import reference_grid
 
@@ -92,3 +94,16 @@ def test_heun_on_the_uniform_u_grid_warns_and_runs(capsys):
   config.sampling.update(dict(sampler='ddim', grid='uniform_u'))
   check_config(config)
   assert capsys.readouterr().out == ''
+
+
+@pytest.mark.parametrize('field, value, message', [
+    ('sampling.labels', 'stratified', "config.sampling.labels='stratified' is unknown; use balanced"),
+    ('eval.reference_split', 'validation',
+     "config.eval.reference_split='validation' is not a split of fashion_mnist; use one of ('train', 'test')"),
+    ('eval.bootstrap_resamples', 5, 'config.eval.bootstrap_resamples=5 must be at least 10'),
+])
+def test_bad_evaluation_fields_get_one_message(field, value, message):
+  config = fashion_mnist.get_config()
+  config.update_from_flattened_dict({field: value})
+  with pytest.raises(ConfigError, match=re.escape(message)):
+    check_config(config)

@@ -34,3 +34,39 @@ def test_weights_in_programs_of_two_give_the_images_of_one_program():
   assert np.abs(split.astype(int) - together.astype(int)).max() <= 1
   assert [(list(np.asarray(c)), n) for c, n in generate.weight_programs(jax.numpy.asarray([0., 1., 3.]), 2)] \
       == [([0., 1.], 2), ([3., 3.], 1)]
+
+
+def _labels_of_a_run(config, num_samples):
+  """The labels sample_batches gives examples 0 … num_samples − 1 (a stand-in network: no sampling)."""
+  fake_sample_fn = lambda params, key, labels, ids, weights: np.zeros((len(weights), len(labels), 2, 2, 1))
+  return np.concatenate([labels for _, labels, _ in generate.sample_batches(
+      fake_sample_fn, None, mesh=parallel.data_mesh(), config=config, weights=[0.0],
+      num_samples=num_samples)])
+
+
+def test_balanced_labels_hold_every_class_equally_often_for_any_batch_split():
+  config = smoke_config()
+  assert config.sampling.labels == 'balanced'  # the default
+  config.sampling.batch_size = 7  # batches that cut the blocks of 10 classes anywhere
+  labels = _labels_of_a_run(config, 43)
+  for count in range(1, 44):  # any prefix: ⌊N/C⌋ or ⌈N/C⌉ of each class
+    per_class = np.bincount(labels[:count], minlength=10)
+    assert per_class.min() == count // 10 and per_class.max() == -(-count // 10), count
+  config.sampling.batch_size = 43
+  np.testing.assert_array_equal(_labels_of_a_run(config, 43), labels)  # one batch: the same labels
+  ids = np.random.default_rng(0).permutation(43)  # a function of the example id alone
+  np.testing.assert_array_equal(
+      generate.labels_for(ids, num_classes=10, seed=config.sampling.seed, protocol='balanced'), labels[ids])
+  assert len({tuple(labels[i:i + 10]) for i in range(0, 40, 10)}) == 4  # each block its own order
+  other_seed = generate.labels_for(np.arange(40), num_classes=10, seed=2, protocol='balanced')
+  assert np.mean(other_seed != labels[:40]) > 0.5
+
+
+def test_uniform_labels_are_the_earlier_draws_bit_for_bit():
+  config = smoke_config()
+  config.update_from_flattened_dict({'sampling.labels': 'uniform', 'sampling.batch_size': 6})
+  # The draw every evaluation made before sampling.labels existed, written out again.
+  key = jax.random.PRNGKey(config.sampling.seed)
+  earlier = [int(jax.random.randint(jax.random.fold_in(key, i), (), 0, 10)) for i in range(20)]
+  np.testing.assert_array_equal(_labels_of_a_run(config, 20), earlier)
+  assert np.bincount(earlier, minlength=10).max() >= 3  # uniform draws are not balanced here
