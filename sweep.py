@@ -1,59 +1,9 @@
-"""Runs, dry-runs or collects a sweep defined by a config's `sweeps()` (see cfg/sweep.py).
+"""Runs, dry-runs or collects a sweep: python sweep.py --config=configs/<name>.py --sweep=NAME --root=DIR
 
-python sweep.py --config=configs/fashion_mnist.py --sweep=p_uncond --root=runs/fm_sweep [--dry_run|--collect]
+The command lives in cfg/cli/sweep.py (also `python -m cfg.cli.sweep` and, installed, `cfg-sweep`).
 """
 
-import importlib.util
-import subprocess
-import sys
-
-from absl import app, flags
-from ml_collections import config_flags
-
-from cfg import sweep as sweeps_lib
-
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'A configs/<name>.py file with sweeps().')
-_SWEEP = flags.DEFINE_string('sweep', None, 'Name of a sweep in the config file\'s sweeps().')
-_ROOT = flags.DEFINE_string('root', None, 'Folder holding one workdir per job.')
-_DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Print every job, its commands and its cost; run nothing.')
-_COLLECT = flags.DEFINE_bool('collect', False, 'Only build the combined table and plot of finished jobs.')
-_OUT = flags.DEFINE_string('out', None, 'Folder for the combined table and plot (default <root>/<sweep>).')
-flags.mark_flags_as_required(['config', 'sweep', 'root'])
-
-
-def load_sweeps(config_path):
-  path = config_path.split(':')[0]
-  spec = importlib.util.spec_from_file_location('sweep_config', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  if not hasattr(module, 'sweeps'):
-    sys.exit(f'{path} defines no sweeps(); add one (see configs/fashion_mnist.py).')
-  return module.sweeps()
-
-
-def main(_):
-  config_path = config_flags.get_config_filename(flags.FLAGS['config'])
-  available = load_sweeps(config_path)
-  if _SWEEP.value not in available:
-    sys.exit(f'unknown sweep {_SWEEP.value!r}; {config_path} defines {sorted(available)}.')
-  # Overrides given to this command (--config.x=…) go to every job, before the sweep's own.
-  command_line = tuple(config_flags.get_override_values(flags.FLAGS['config']).items())
-  sweep = available[_SWEEP.value]
-  planned = sweeps_lib.plan(_CONFIG.value, sweep, _ROOT.value, command_line)
-  if _DRY_RUN.value:
-    print(sweeps_lib.format_plan(planned, config_path))
-    return
-  if not _COLLECT.value:
-    done = set()
-    for job, _, cost in planned:
-      modes = ['train', 'eval'] if job.workdir not in done else ['eval']
-      done.add(job.workdir)
-      for mode in modes:
-        print(f'== {job.name}: {mode}', flush=True)
-        subprocess.run(job.command(config_path, mode, python=sys.executable), check=True)
-  sweeps_lib.collect(_CONFIG.value, sweep, _ROOT.value, _OUT.value or f'{_ROOT.value}/{_SWEEP.value}',
-                     command_line)
-
+from cfg.cli import sweep
 
 if __name__ == '__main__':
-  app.run(main)
+  sweep.run()

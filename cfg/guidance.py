@@ -22,27 +22,33 @@ traced scalars (w may be [B]), so a sweep over any of them never recompiles and 
 import dataclasses
 import functools
 import math
-from typing import Callable, NamedTuple, Tuple
+from typing import Any, Callable, NamedTuple, Tuple
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from cfg import diffusion
 from cfg.diffusion import broadcast_from_left
 
+Array = jax.Array
+Denoiser = Callable[[Array, Array, Array], Array]  # ε̂(z [B, …], λ [B], labels [B])
+State = Any  # a method's pytree carried through the sampler's scan
 
-def scale_from_weight(guidance_weight):
+
+def scale_from_weight(guidance_weight: ArrayLike) -> ArrayLike:
   """s = 1 + w (the diffusers / EDM "guidance scale")."""
   return 1.0 + guidance_weight
 
 
-def combine(*, eps_cond, eps_uncond, guidance_weight):
+def combine(*, eps_cond: Array, eps_uncond: Array, guidance_weight: ArrayLike) -> Array:
   """ε̃ = (1 + w) ε_c − w ε_u; w is a scalar or a per-example vector [B]."""
   w = broadcast_from_left(guidance_weight, eps_cond.shape).astype(eps_cond.dtype)
   return (1.0 + w) * eps_cond - w * eps_uncond
 
 
-def conditional_and_unconditional_eps(denoise, z, logsnr, labels, *, null_label):
+def conditional_and_unconditional_eps(denoise: Denoiser, z: Array, logsnr: ArrayLike, labels: Array, *,
+                                      null_label: int) -> Tuple[Array, Array]:
   """(ε_c, ε_u) from ONE call of `denoise` on the concatenated batch [z; z] with labels [c; ∅]."""
   logsnr = jnp.broadcast_to(logsnr, labels.shape)
   eps = denoise(jnp.concatenate([z, z]), jnp.concatenate([logsnr, logsnr]),
@@ -51,7 +57,8 @@ def conditional_and_unconditional_eps(denoise, z, logsnr, labels, *, null_label)
   return eps_cond, eps_uncond
 
 
-def guided_eps(denoise, z, logsnr, labels, *, guidance_weight, null_label):
+def guided_eps(denoise: Denoiser, z: Array, logsnr: ArrayLike, labels: Array, *, guidance_weight: ArrayLike,
+               null_label: int) -> Array:
   """ε̃ = (1 + w) ε(z, c) − w ε(z, ∅), both branches from one batched network call of size 2B."""
   eps_cond, eps_uncond = conditional_and_unconditional_eps(
       denoise, z, logsnr, labels, null_label=null_label)
@@ -80,28 +87,28 @@ class GuidanceParams(NamedTuple):
   is λ ∈ [−2 log σ_hi, −2 log σ_lo)). rescale: φ. percentile: p of dynamic thresholding. apg_eta,
   apg_norm_cap, apg_beta: APG's η, r, β. step_u: the step of the `step` schedule (guide for u ≤ step_u).
   """
-  w: jax.Array = 0.0
-  logsnr_lo: jax.Array = -math.inf
-  logsnr_hi: jax.Array = math.inf
-  rescale: jax.Array = 0.0
-  percentile: jax.Array = 99.5
-  apg_eta: jax.Array = 1.0
-  apg_norm_cap: jax.Array = math.inf
-  apg_beta: jax.Array = 0.0
-  step_u: jax.Array = 0.5
+  w: ArrayLike = 0.0
+  logsnr_lo: ArrayLike = -math.inf
+  logsnr_hi: ArrayLike = math.inf
+  rescale: ArrayLike = 0.0
+  percentile: ArrayLike = 99.5
+  apg_eta: ArrayLike = 1.0
+  apg_norm_cap: ArrayLike = math.inf
+  apg_beta: ArrayLike = 0.0
+  step_u: ArrayLike = 0.5
 
 
-def as_float32(params):
+def as_float32(params: GuidanceParams) -> GuidanceParams:
   """`params` with every leaf a float32 array (the form the sampler traces)."""
   return GuidanceParams(*(jnp.asarray(leaf, jnp.float32) for leaf in params))
 
 
-def as_pred(*, z, eps, logsnr):
+def as_pred(*, z: Array, eps: Array, logsnr: ArrayLike) -> Pred:
   """Pred(ε, x̂ = (z − σ ε)/α)."""
   return Pred(eps=eps, x=diffusion.x_from_eps(z=z, eps=eps, logsnr=logsnr))
 
 
-def _pred_from_x(*, z, x, logsnr):
+def _pred_from_x(*, z: Array, x: Array, logsnr: ArrayLike) -> Pred:
   """Pred(ε̂ = (z − α x̂)/σ, x̂)."""
   return Pred(eps=diffusion.eps_from_x(z=z, x=x, logsnr=logsnr), x=x)
 
@@ -109,12 +116,13 @@ def _pred_from_x(*, z, x, logsnr):
 # ----------------------------------------------------------------------------------------------
 # Where the branches come from: `pair(z, λ [B], labels [B]) -> (ε_main, ε_ref)`.
 
-def cfg_pair(denoise, *, null_label):
+def cfg_pair(denoise: Denoiser, *, null_label: int) -> Callable[[Array, Array, Array], Tuple[Array, Array]]:
   """(ε(z, c), ε(z, ∅)) from one call of batch 2B (`conditional_and_unconditional_eps`)."""
   return functools.partial(conditional_and_unconditional_eps, denoise, null_label=null_label)
 
 
-def network_pair(denoise, guide_denoise):
+def network_pair(denoise: Denoiser,
+                 guide_denoise: Denoiser) -> Callable[[Array, Array, Array], Tuple[Array, Array]]:
   """(ε_main(z, c), ε_guide(z, c)): two networks, two calls, the same z, λ and labels (autoguidance)."""
   return lambda z, logsnr, labels: (denoise(z, logsnr, labels), guide_denoise(z, logsnr, labels))
 
@@ -122,13 +130,13 @@ def network_pair(denoise, guide_denoise):
 # ----------------------------------------------------------------------------------------------
 # Weight functions w(λ): `(*, params, logsnr) -> w`.
 
-def constant_weight(*, params, logsnr):
+def constant_weight(*, params: GuidanceParams, logsnr: ArrayLike) -> ArrayLike:
   """w(λ) = w."""
   del logsnr
   return params.w
 
 
-def inside_interval(logsnr, *, logsnr_lo, logsnr_hi):
+def inside_interval(logsnr: Any, *, logsnr_lo: Any, logsnr_hi: Any) -> Any:
   """λ_lo ≤ λ ≤ λ_hi, a bound within 1e-4 (1 + |bound|) of λ counting it in (numpy or traced).
 
   The float32 grid's ends miss λ_min and λ_max by ~1e-3 (λ_1 = −20.0011), and an interval given as
@@ -138,28 +146,28 @@ def inside_interval(logsnr, *, logsnr_lo, logsnr_hi):
   return (logsnr_lo - slack(logsnr_lo) <= logsnr) & (logsnr <= logsnr_hi + slack(logsnr_hi))
 
 
-def interval_weight(*, params, logsnr):
+def interval_weight(*, params: GuidanceParams, logsnr: ArrayLike) -> Array:
   """w(λ) = w · 1[λ_lo ≤ λ ≤ λ_hi] (Kynkäänniemi et al. 2024; outside, the conditional model)."""
   inside = inside_interval(logsnr, logsnr_lo=params.logsnr_lo, logsnr_hi=params.logsnr_hi)
   return jnp.where(inside, params.w, jnp.zeros_like(params.w))
 
 
-def _u(logsnr):
+def _u(logsnr: ArrayLike) -> Array:
   """u(λ) on the default truncated-cosine range (u = 1 at λ_min, the noise end; 0 at λ_max)."""
   return diffusion.u_from_logsnr(logsnr)
 
 
-def linear_weight(*, params, logsnr):
+def linear_weight(*, params: GuidanceParams, logsnr: ArrayLike) -> ArrayLike:
   """w(λ) = 2 w (1 − u(λ)): rises toward the clean end, mean w over u (Wang et al. 2024)."""
   return params.w * 2.0 * (1.0 - _u(logsnr))
 
 
-def cosine_weight(*, params, logsnr):
+def cosine_weight(*, params: GuidanceParams, logsnr: ArrayLike) -> ArrayLike:
   """w(λ) = w (1 + cos π u(λ)): rises toward the clean end, mean w over u (Wang et al. 2024)."""
   return params.w * (1.0 + jnp.cos(jnp.pi * _u(logsnr)))
 
 
-def step_weight(*, params, logsnr):
+def step_weight(*, params: GuidanceParams, logsnr: ArrayLike) -> Array:
   """w(λ) = w · 1[u(λ) ≤ step_u]: guided on the clean part of the trajectory only."""
   return jnp.where(_u(logsnr) <= params.step_u, params.w, jnp.zeros_like(params.w))
 
@@ -171,23 +179,25 @@ SCHEDULES = {'constant': constant_weight, 'linear': linear_weight, 'cosine': cos
 # ----------------------------------------------------------------------------------------------
 # Combine functions: `(*, branches, state, w, params, z, logsnr) -> (Pred, state)`.
 
-def _per_example_w(w, like):
+def _per_example_w(w: ArrayLike, like: Array) -> Array:
   return broadcast_from_left(w, like.shape).astype(like.dtype)
 
 
-def _dot(a, b):
+def _dot(a: Array, b: Array) -> Array:
   """⟨a, b⟩ per example, shaped to broadcast against a."""
   return broadcast_from_left(jnp.sum(a * b, axis=tuple(range(1, a.ndim))), a.shape)
 
 
-def cfg(*, branches, state, w, params, z, logsnr):
+def cfg(*, branches: Branches, state: State, w: ArrayLike, params: GuidanceParams, z: Array,
+        logsnr: ArrayLike) -> Tuple[Pred, State]:
   """ε̃ = (1 + w) ε_c − w ε_u, x̃ = (z − σ ε̃)/α   (paper Eq. 6)."""
   del params
   eps = combine(eps_cond=branches.main.eps, eps_uncond=branches.ref.eps, guidance_weight=w)
   return as_pred(z=z, eps=eps.astype(z.dtype), logsnr=logsnr), state
 
 
-def cfg_pp(*, branches, state, w, params, z, logsnr):
+def cfg_pp(*, branches: Branches, state: State, w: ArrayLike, params: GuidanceParams, z: Array,
+           logsnr: ArrayLike) -> Tuple[Pred, State]:
   """x̃ = x̂((1 + w) ε_c − w ε_u), re-noised with ε_u: z' = α' x̃ + σ' ε_u   (Chung et al. 2024).
 
   CFG++'s λ ∈ [0, 1] is s = 1 + w, so w ∈ [−1, 0]; w = 0 is the conditional model's x̂.
@@ -196,7 +206,8 @@ def cfg_pp(*, branches, state, w, params, z, logsnr):
   return Pred(eps=branches.ref.eps, x=guided.x), state
 
 
-def cfg_zero_star(*, branches, state, w, params, z, logsnr):
+def cfg_zero_star(*, branches: Branches, state: State, w: ArrayLike, params: GuidanceParams, z: Array,
+                  logsnr: ArrayLike) -> Tuple[Pred, State]:
   """s* = ⟨ε_c, ε_u⟩/‖ε_u‖² per example; ε̃ = (1 + w) ε_c − w s* ε_u   (Fan et al. 2025, in ε).
 
   The paper's zero-init (the first steps output zero velocity) is left out: for flow velocity it
@@ -209,7 +220,8 @@ def cfg_zero_star(*, branches, state, w, params, z, logsnr):
                  - _per_example_w(w, main) * scale * ref, logsnr=logsnr), state
 
 
-def apg(*, branches, state, w, params, z, logsnr):
+def apg(*, branches: Branches, state: State, w: ArrayLike, params: GuidanceParams, z: Array,
+        logsnr: ArrayLike) -> Tuple[Pred, State]:
   """Adaptive projected guidance in x̂ space (Sadat et al. 2024, order of diffusers):
 
   Δ = x_c − x_u + β Δ₋ (state Δ₋, zero at the start);  Δ_r = Δ · min(1, r/‖Δ‖);
@@ -227,19 +239,20 @@ def apg(*, branches, state, w, params, z, logsnr):
 # ----------------------------------------------------------------------------------------------
 # Post-processing of the guided prediction: `(*, pred, branches, params, z, logsnr) -> Pred`.
 
-def _std(x):
+def _std(x: Array) -> Array:
   """Per-example standard deviation over the non-batch axes, shaped to broadcast against x."""
   return broadcast_from_left(jnp.std(x, axis=tuple(range(1, x.ndim))), x.shape)
 
 
-def rescaled(*, pred, branches, params, z, logsnr):
+def rescaled(*, pred: Pred, branches: Branches, params: GuidanceParams, z: Array, logsnr: ArrayLike) -> Pred:
   """ε̂ = φ ε̃ std(ε_c)/std(ε̃) + (1 − φ) ε̃, per-example std (Lin et al. 2023, applied to ε as diffusers)."""
   phi = params.rescale
   eps = phi * pred.eps * (_std(branches.main.eps) / _std(pred.eps)) + (1.0 - phi) * pred.eps
-  return as_pred(z=z, eps=eps, logsnr=logsnr)
+  return as_pred(z=z, eps=jnp.asarray(eps), logsnr=logsnr)
 
 
-def dynamic_threshold(*, pred, branches, params, z, logsnr):
+def dynamic_threshold(*, pred: Pred, branches: Branches, params: GuidanceParams, z: Array,
+                      logsnr: ArrayLike) -> Pred:
   """s = max(1, P_p(|x̃|)) per example; x̃ ← clip(x̃, −s, s)/s; ε̂ = (z − α x̃)/σ   (Imagen)."""
   del branches
   flat = jnp.abs(pred.x).reshape(pred.x.shape[0], -1)
@@ -248,13 +261,13 @@ def dynamic_threshold(*, pred, branches, params, z, logsnr):
   return _pred_from_x(z=z, x=jnp.clip(pred.x, -scale, scale) / scale, logsnr=logsnr)
 
 
-def no_state(*, z):
+def no_state(*, z: Array) -> State:
   """No method state: an empty pytree in the scan carry."""
   del z
   return ()
 
 
-def zero_state(*, z):
+def zero_state(*, z: Array) -> State:
   """A state shaped like z, zero at the start (APG's running Δ)."""
   return jnp.zeros_like(z)
 
@@ -291,7 +304,7 @@ METHODS = {
 }
 
 
-def get_method(name, *, schedule='constant'):
+def get_method(name: str, *, schedule: str = 'constant') -> 'Method':
   """The Method called `name`; `schedule` names w(λ) for the 'schedule' method."""
   if name not in METHODS:
     raise ValueError(f'Unknown guidance method {name!r}; choose one of {sorted(METHODS)}.')

@@ -15,12 +15,18 @@ an evaluation would only return z/α again (Algorithm 2's last level is that was
 """
 
 import dataclasses
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from cfg import diffusion
+from cfg.guidance import Pred
+
+Array = jax.Array
+# predict(z, λ, guide_state, guided) -> (Pred, guide_state): one prediction at a level (cfg/samplers.py).
+Predict = Callable[[Array, Array, Any, Any], tuple[Pred, Any]]
 
 EDM_RHO = 7.0
 
@@ -28,17 +34,18 @@ EDM_RHO = 7.0
 # ----------------------------------------------------------------------------------------------
 # Grids: λ_1 = λ_min < … < λ_T = λ_max, shape [T].
 
-def uniform_u_grid(num_steps, *, logsnr_min, logsnr_max):
+def uniform_u_grid(num_steps: int, *, logsnr_min: ArrayLike, logsnr_max: ArrayLike) -> Array:
   """λ at uniformly spaced u through the truncated-cosine map (Algorithm 2's grid)."""
   return diffusion.sampling_grid(num_steps, logsnr_min=logsnr_min, logsnr_max=logsnr_max)
 
 
-def uniform_logsnr_grid(num_steps, *, logsnr_min, logsnr_max):
+def uniform_logsnr_grid(num_steps: int, *, logsnr_min: ArrayLike, logsnr_max: ArrayLike) -> Array:
   """λ_i = λ_min + (i/(T − 1)) (λ_max − λ_min)."""
   return jnp.linspace(logsnr_min, logsnr_max, num_steps)
 
 
-def edm_grid(num_steps, *, logsnr_min, logsnr_max, rho=EDM_RHO):
+def edm_grid(num_steps: int, *, logsnr_min: ArrayLike, logsnr_max: ArrayLike,
+             rho: float = EDM_RHO) -> Array:
   """σ_i = (σ_max^{1/ρ} + i/(T − 1) (σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ, ρ = 7 (EDM), λ_i = −2 log σ_i.
 
   σ_max = e^{−λ_min/2} and σ_min = e^{−λ_max/2}, so the grid spans the same λ range as the others.
@@ -51,13 +58,13 @@ def edm_grid(num_steps, *, logsnr_min, logsnr_max, rho=EDM_RHO):
 GRIDS = {'uniform_u': uniform_u_grid, 'uniform_logsnr': uniform_logsnr_grid, 'edm': edm_grid}
 
 
-def get_grid(name):
+def get_grid(name: str) -> Callable[..., Array]:
   if name not in GRIDS:
     raise ValueError(f'Unknown sampling grid {name!r}; choose one of {sorted(GRIDS)}.')
   return GRIDS[name]
 
 
-def edm_sigma_to_logsnr(sigma):
+def edm_sigma_to_logsnr(sigma: ArrayLike) -> Array:
   """λ = −2 log σ_e: EDM's σ of this VP process (σ_e = σ/α)."""
   return -2.0 * jnp.log(sigma)
 
@@ -67,34 +74,35 @@ def edm_sigma_to_logsnr(sigma):
 
 class Level(NamedTuple):
   """One scan step: its index, λ, the λ' it steps to, and whether the guiding branch runs (or None)."""
-  index: jax.Array
+  index: jax.Array  # type: ignore[assignment]  # the field shadows tuple.index, as NamedTuple allows
   logsnr: jax.Array
   logsnr_next: jax.Array
-  guided: object = None
+  guided: Any = None
 
 
 class Carry(NamedTuple):
   """z, the last level's x̂, the solver's state and the guidance method's state."""
   z: jax.Array
   x: jax.Array
-  solver: object
-  guide: object
+  solver: Any
+  guide: Any
 
 
 class SolverParams(NamedTuple):
   """Traced solver knobs: v of Algorithm 2 (ancestral) and η of DDIM."""
-  variance_interp: jax.Array = 0.3
-  eta: jax.Array = 0.0
+  variance_interp: ArrayLike = 0.3
+  eta: ArrayLike = 0.0
 
 
-def _alpha_sigma_like(logsnr, x):
+def _alpha_sigma_like(logsnr: ArrayLike, x: Array) -> tuple[Array, Array]:
   return diffusion.alpha_sigma(diffusion.broadcast_from_left(logsnr, x.shape))
 
 
 # ----------------------------------------------------------------------------------------------
 # Step formulas.
 
-def ancestral_step(*, z, x, logsnr, logsnr_next, variance_interp, noise):
+def ancestral_step(*, z: Array, x: Array, logsnr: Array, logsnr_next: Array, variance_interp: ArrayLike,
+                   noise: Array) -> Array:
   """z' = μ̃(z, x̃) + ((σ̃²)^{1−v} (σ²_{λ|λ'})^v)^{1/2} ε   (paper Algorithm 2)."""
   mean, posterior_variance = diffusion.posterior(
       z=z, x=x, logsnr=logsnr, logsnr_next=logsnr_next)
@@ -103,7 +111,8 @@ def ancestral_step(*, z, x, logsnr, logsnr_next, variance_interp, noise):
   return mean + diffusion.broadcast_from_left(jnp.exp(0.5 * log_variance), z.shape) * noise
 
 
-def ddim_step(*, x, eps, logsnr, logsnr_next, eta, noise):
+def ddim_step(*, x: Array, eps: Array, logsnr: Array, logsnr_next: Array, eta: ArrayLike,
+              noise: Array) -> Array:
   """z' = α' x̃ + (σ'² − η² σ̃²)^{1/2} ε̂ + η σ̃ ξ,  σ̃² = (1 − e^{λ−λ'}) σ'²   (DDIM; η = 0 deterministic)."""
   alpha_next, _ = _alpha_sigma_like(logsnr_next, x)
   posterior_variance = -jnp.expm1(logsnr - logsnr_next) * jax.nn.sigmoid(-logsnr_next)
@@ -113,7 +122,7 @@ def ddim_step(*, x, eps, logsnr, logsnr_next, eta, noise):
           + diffusion.broadcast_from_left(jnp.sqrt(noise_variance), x.shape) * noise)
 
 
-def dpm_first_order_step(*, z, x, logsnr, logsnr_next):
+def dpm_first_order_step(*, z: Array, x: Array, logsnr: Array, logsnr_next: Array) -> Array:
   """z' = (σ'/σ) z − α' (e^{−h} − 1) D, h = (λ' − λ)/2   (DPM-Solver++, data prediction D)."""
   _, sigma = _alpha_sigma_like(logsnr, z)
   alpha_next, sigma_next = _alpha_sigma_like(logsnr_next, z)
@@ -124,7 +133,8 @@ def dpm_first_order_step(*, z, x, logsnr, logsnr_next):
 # ----------------------------------------------------------------------------------------------
 # Levels: `(predict, *, carry, lv, params, draw_noise) -> Carry`.
 
-def ancestral_level(predict, *, carry, lv, params, draw_noise):
+def ancestral_level(predict: Predict, *, carry: 'Carry', lv: 'Level', params: 'SolverParams',
+                    draw_noise: Callable[[], Array]) -> 'Carry':
   """Algorithm 2: x̃ at λ, z' ~ N(μ̃(z, x̃), (σ̃²)^{1−v} (σ²_{λ|λ'})^v)."""
   pred, guide = predict(carry.z, lv.logsnr, carry.guide, lv.guided)
   z = ancestral_step(z=carry.z, x=pred.x, logsnr=lv.logsnr, logsnr_next=lv.logsnr_next,
@@ -132,7 +142,8 @@ def ancestral_level(predict, *, carry, lv, params, draw_noise):
   return Carry(z=z, x=pred.x, solver=carry.solver, guide=guide)
 
 
-def ddim_level(predict, *, carry, lv, params, draw_noise):
+def ddim_level(predict: Predict, *, carry: 'Carry', lv: 'Level', params: 'SolverParams',
+               draw_noise: Callable[[], Array]) -> 'Carry':
   """DDIM with η: z' = α' x̃ + (σ'² − η² σ̃²)^{1/2} ε̂ + η σ̃ ξ (ε̂ = Pred.eps, ε_u under CFG++)."""
   pred, guide = predict(carry.z, lv.logsnr, carry.guide, lv.guided)
   z = ddim_step(x=pred.x, eps=pred.eps, logsnr=lv.logsnr, logsnr_next=lv.logsnr_next,
@@ -140,7 +151,8 @@ def ddim_level(predict, *, carry, lv, params, draw_noise):
   return Carry(z=z, x=pred.x, solver=carry.solver, guide=guide)
 
 
-def dpmpp_2m_level(predict, *, carry, lv, params, draw_noise):
+def dpmpp_2m_level(predict: Predict, *, carry: 'Carry', lv: 'Level', params: 'SolverParams',
+                   draw_noise: Callable[[], Array]) -> 'Carry':
   """DPM-Solver++(2M): D = (1 + 1/(2r)) x̂ − (1/(2r)) x̂₋, r = h₋/h (D = x̂ at the first step);
   z' = (σ'/σ) z − α' (e^{−h} − 1) D, h = (λ' − λ)/2   (Lu et al. 2022)."""
   del params, draw_noise
@@ -154,7 +166,8 @@ def dpmpp_2m_level(predict, *, carry, lv, params, draw_noise):
   return Carry(z=z, x=pred.x, solver=(pred.x, h), guide=guide)
 
 
-def heun_level(predict, *, carry, lv, params, draw_noise):
+def heun_level(predict: Predict, *, carry: 'Carry', lv: 'Level', params: 'SolverParams',
+               draw_noise: Callable[[], Array]) -> 'Carry':
   """EDM's Heun step of dẑ/dσ_e = ε̂ (ẑ = z/α): Euler ẑ_E = ẑ + (σ_e' − σ_e) ε̂ (= DDIM η = 0),
   then ẑ' = ẑ + (σ_e' − σ_e)(ε̂ + ε̂_E)/2, i.e. z' = z_E + α'(σ_e' − σ_e)(ε̂_E − ε̂)/2.
 
@@ -171,12 +184,12 @@ def heun_level(predict, *, carry, lv, params, draw_noise):
   return Carry(z=z, x=pred_euler.x, solver=carry.solver, guide=guide)
 
 
-def no_state(*, z):
+def no_state(*, z: Array) -> Any:
   del z
   return ()
 
 
-def dpmpp_state(*, z):
+def dpmpp_state(*, z: Array) -> Any:
   """(x̂₋, h₋) before the first step; unused there."""
   return jnp.zeros_like(z), jnp.zeros((), z.dtype)
 
@@ -204,7 +217,7 @@ SOLVERS = {
 }
 
 
-def get_solver(name):
+def get_solver(name: str) -> 'Solver':
   if name not in SOLVERS:
     raise ValueError(f'Unknown sampler {name!r}; choose one of {sorted(SOLVERS)}.')
   return SOLVERS[name]

@@ -38,7 +38,7 @@ class Job:
   def command(self, config_path, mode, python='python'):
     flags = [f'--config={config_path}', f'--workdir={self.workdir}', f'--config.mode={mode}']
     flags += [f'--config.{field}={value}' for field, value in self.overrides]
-    return [python, 'launch.py', *flags]
+    return [python, '-m', 'cfg.cli.launch', *flags]
 
 
 def _label(field, value):

@@ -6,7 +6,7 @@ python launch.py --config=configs/cifar10.py --workdir=runs/cifar10
 from configs import default
 
 
-def get_config():
+def get_config(arg=None):
   config = default.get_config()
   config.data.update(dict(name='cifar10', image_size=32, num_classes=10, random_flip=True))
   config.model.update(dict(
@@ -16,4 +16,4 @@ def get_config():
   config.train.update(dict(batch_size=128, num_steps=800_000, checkpoint_every=10_000))
   config.sampling.update(dict(sampler='ancestral', num_steps=256, num_samples=50_000, batch_size=1000))
   config.guidance.weights = (0.0, 0.1, 0.3, 0.5, 1.0, 2.0)
-  return config
+  return default.apply_arg(config, arg)

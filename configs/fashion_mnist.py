@@ -1,13 +1,29 @@
 """The embedded default: Fashion-MNIST 28×28, a ~1M-parameter U-Net sized for a 2-core CPU.
 
 python launch.py --config=configs/fashion_mnist.py --workdir=runs/fm
+python launch.py --config=configs/fashion_mnist.py:smoke --workdir=/tmp/smoke    # the tiny test preset
 """
 
 from cfg.sweep import Sweep
 from configs import default
 
 
-def get_config():
+# `smoke`: a ~30k-parameter U-Net and a few steps, for tests and quick checks (configs/smoke.py is this).
+PRESETS = {
+    'smoke': dict(overrides={
+        'model.base_channels': 8, 'model.channel_mult': (1, 2), 'model.num_res_blocks': 1,
+        'model.attn_resolutions': (14,), 'model.head_channels': 8, 'model.dropout': 0.0,
+        'model.norm_groups': 4,
+        'optim.learning_rate': 1e-3, 'optim.warmup_steps': 5, 'optim.ema_rate': 0.99,
+        'train.batch_size': 16, 'train.num_steps': 6, 'train.log_every': 2, 'train.checkpoint_every': 3,
+        'train.keep_checkpoints': 2, 'train.preview_every': 6,
+        'sampling.sampler': 'ddim', 'sampling.num_steps': 4, 'sampling.num_samples': 20,
+        'sampling.batch_size': 10,
+        'guidance.weights': (0.0, 1.0)}),
+}
+
+
+def get_config(arg=None):
   config = default.get_config()
   config.data.name = 'fashion_mnist'
   config.data.image_size = 28
@@ -25,7 +41,7 @@ def get_config():
   config.sampling.update(dict(
       sampler='ddim', num_steps=16, num_samples=256, batch_size=128))
   config.guidance.weights = (0.0, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 3.0, 4.0)
-  return config
+  return default.apply_arg(config, arg, PRESETS)
 
 
 def sweeps():

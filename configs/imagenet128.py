@@ -16,7 +16,7 @@ PRESETS = {
 }
 
 
-def get_config(preset=None):
+def get_config(arg=None):
   config = default.get_config()
   config.data.update(dict(name='imagenet128', image_size=128, num_classes=1000, random_flip=True))
   config.model.update(dict(
@@ -30,7 +30,7 @@ def get_config(preset=None):
       sampler='ancestral', num_steps=256, variance_interp=0.2, clip_x=True,
       num_samples=50_000, batch_size=1024))
   config.guidance.weights = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 2.0, 3.0, 4.0)
-  return default.with_preset(config, PRESETS, preset)
+  return default.apply_arg(config, arg, PRESETS)
 
 
 sweeps = default.paper_sweeps

@@ -2,6 +2,7 @@
 
 python launch.py --config=configs/imagenet64.py --workdir=runs/in64
 python launch.py --config=configs/imagenet64.py:h100x8 --workdir=runs/in64     # a hardware preset (PRESETS)
+python launch.py --config=configs/imagenet64.py:p_uncond=0.2 --workdir=runs/in64_p02   # a field (default.apply_arg)
 """
 
 from configs import default
@@ -17,7 +18,7 @@ PRESETS = {
 }
 
 
-def get_config(preset=None):
+def get_config(arg=None):
   config = default.get_config()
   config.data.update(dict(name='imagenet64', image_size=64, num_classes=1000, random_flip=True))
   config.model.update(dict(
@@ -32,7 +33,7 @@ def get_config(preset=None):
       sampler='ancestral', num_steps=256, variance_interp=0.3, clip_x=True,
       num_samples=50_000, batch_size=2048))
   config.guidance.weights = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 2.0, 3.0, 4.0)
-  return default.with_preset(config, PRESETS, preset)
+  return default.apply_arg(config, arg, PRESETS)
 
 
 sweeps = default.paper_sweeps

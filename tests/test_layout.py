@@ -1,4 +1,4 @@
-"""The package's imports point downward only: maths → model → sampling → workdir → modes → sweeps.
+"""The package's imports point downward only: maths → model → sampling → workdir → modes → sweeps, API, commands.
 
 A module may import its own layer, the layers below it, and the shared utilities; a mode never
 imports another mode, so the library never depends on how it is run.
@@ -18,15 +18,15 @@ LAYERS = [
     {'cfg.checkpoints', 'cfg.train_state', 'cfg.trained'},              # what a workdir holds
     {'cfg.evaluation'},                                                 # metrics and their files
     {'cfg.train', 'cfg.sample', 'cfg.evaluate'},                        # the modes
-    {'cfg.sweep'},                                                      # runs of the modes
+    {'cfg.sweep', 'cfg.api', 'cfg.cli'},                                # sweeps, the API, the commands
 ]
 MODES = LAYERS[-2]
 
 
 def _group(module):
-  """'cfg.models.unet' → 'cfg.models'; 'cfg.evaluation.rounds' → 'cfg.evaluation'."""
+  """'cfg.models.unet' → 'cfg.models'; the same for the evaluation and cli subpackages."""
   parts = module.split('.')
-  return '.'.join(parts[:2]) if parts[1] in ('models', 'evaluation') else module
+  return '.'.join(parts[:2]) if parts[1] in ('models', 'evaluation', 'cli') else module
 
 
 def _imports(path):
