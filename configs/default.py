@@ -1,4 +1,11 @@
-"""Fields shared by every config. Dataset configs start from `get_config()` here and change what differs."""
+"""Fields shared by every config. Dataset configs start from `get_config()` here and change what differs.
+
+Every config file's `get_config(arg)` takes big_vision-style arguments (`--config=configs/<name>.py:<arg>`):
+comma-separated preset names and field=value overrides, e.g. `h100x8`, `p_uncond=0.2`, `smoke,seed=3`
+(`apply_arg`). A field is dotted (`diffusion.p_uncond`) or a name only one section has (`p_uncond`).
+"""
+
+import ast
 
 from ml_collections import config_dict
 
@@ -143,11 +150,64 @@ def paper_sweeps():
   }
 
 
-def with_preset(config, presets, name):
-  """`config` with the overrides of hardware preset `name` (None: unchanged); see PRESETS in the config."""
-  if name is None:
-    return config
-  if name not in presets:
-    raise ConfigError(f'unknown preset {name!r}; this config has {sorted(presets)}.')
-  config.update_from_flattened_dict(presets[name]['overrides'])
+def apply_arg(config, arg, presets=None):
+  """`config` with the presets and overrides of `arg` applied left to right (None or '': unchanged).
+
+  presets: {name: {'overrides': {'section.field': value, …}, …}} (PRESETS of the config file).
+  """
+  presets = presets or {}
+  for token in filter(None, (t.strip() for t in _split_top_level(arg or ''))):
+    if '=' not in token:
+      if token not in presets:
+        raise ConfigError(f'unknown preset {token!r}; this config has {sorted(presets)}.')
+      config.update_from_flattened_dict(presets[token]['overrides'])
+      continue
+    name, text = (part.strip() for part in token.split('=', 1))
+    field = _resolve_field(config, name)
+    section, _, leaf = field.rpartition('.')
+    node = config.get(section) if section else config
+    node[leaf] = _parse_value(text, node[leaf], field)
   return config
+
+
+def _split_top_level(text):
+  """'a=1,b=(1, 2),smoke' → ['a=1', 'b=(1, 2)', 'smoke']: commas inside brackets stay."""
+  tokens, depth, start = [], 0, 0
+  for i, char in enumerate(text):
+    depth += char in '([{'
+    depth -= char in ')]}'
+    if char == ',' and depth == 0:
+      tokens.append(text[start:i])
+      start = i + 1
+  return tokens + [text[start:]]
+
+
+def _resolve_field(config, name):
+  """'diffusion.p_uncond' as it is; 'p_uncond' → the one section that has it."""
+  if '.' in name:
+    section, _, leaf = name.rpartition('.')
+    if section in config and isinstance(config[section], config_dict.ConfigDict) and leaf in config[section]:
+      return name
+    raise ConfigError(f'unknown config field {name!r} in the config argument; see configs/default.py.')
+  if name in config and not isinstance(config[name], config_dict.ConfigDict):
+    return name
+  owners = [s for s, v in config.items() if isinstance(v, config_dict.ConfigDict) and name in v]
+  if len(owners) != 1:
+    raise ConfigError(f'config argument field {name!r} ' + (
+        f'is in several sections ({", ".join(owners)}); write it as <section>.{name}.' if owners
+        else 'is unknown; see configs/default.py.'))
+  return f'{owners[0]}.{name}'
+
+
+def _parse_value(text, current, field):
+  """A Python literal (numbers, tuples, None, True) or else the text itself, as the field's type."""
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    value = text
+  if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+    value = float(value)
+  if current is not None and value is not None and not isinstance(value, type(current)):
+    raise ConfigError(f'config argument {field}={text!r}: expected a {type(current).__name__}, '
+                      f'like {current!r}.')
+  return value

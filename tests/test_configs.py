@@ -96,6 +96,40 @@ def test_heun_on_the_uniform_u_grid_warns_and_runs(capsys):
   assert capsys.readouterr().out == ''
 
 
+PRESET_CONFIGS = [(m, p) for m in (fashion_mnist, imagenet64, imagenet128) for p in m.PRESETS]
+
+
+@pytest.mark.parametrize('module, preset', PRESET_CONFIGS, ids=[f'{m.__name__}:{p}' for m, p in PRESET_CONFIGS])
+def test_every_preset_builds_and_validates(module, preset):
+  config = module.get_config(preset)
+  check_config(config)
+  overrides = module.PRESETS[preset]['overrides']
+  assert all(config[k.split('.')[0]][k.split('.')[1]] == v for k, v in overrides.items())
+
+
+def test_config_arguments_set_fields_by_short_or_dotted_name():
+  assert imagenet64.get_config('p_uncond=0.2').diffusion.p_uncond == 0.2
+  assert imagenet64.get_config('diffusion.p_uncond=0.5').diffusion.p_uncond == 0.5
+  both = imagenet64.get_config('h100x8,p_uncond=0.2,seed=3')
+  assert (both.train.grad_accum_steps, both.diffusion.p_uncond, both.seed) == (8, 0.2, 3)
+  assert imagenet64.get_config('learning_rate=1').optim.learning_rate == 1.0  # int → the field's float
+  assert fashion_mnist.get_config('smoke').to_dict() == smoke.get_config().to_dict()
+  assert smoke.get_config('channel_mult=(1, 2, 2)').model.channel_mult == (1, 2, 2)
+  assert imagenet64.get_config('').to_dict() == imagenet64.get_config().to_dict()
+
+
+@pytest.mark.parametrize('arg, message', [
+    ('num_steps=8', "field 'num_steps' is in several sections (sampling, train); write it as <section>.num_steps"),
+    ('p_uncnd=0.2', "field 'p_uncnd' is unknown"),
+    ('diffusion.p_uncnd=0.2', "unknown config field 'diffusion.p_uncnd'"),
+    ('p_uncond=high', "diffusion.p_uncond='high': expected a float, like 0.1"),
+    ('h100x9', "unknown preset 'h100x9'; this config has ['h100x8', 'tpu_v5p_64']"),
+])
+def test_bad_config_arguments_say_what_is_wrong(arg, message):
+  with pytest.raises(ConfigError, match=re.escape(message)):
+    imagenet64.get_config(arg)
+
+
 @pytest.mark.parametrize('field, value, message', [
     ('sampling.labels', 'stratified', "config.sampling.labels='stratified' is unknown; use balanced"),
     ('eval.reference_split', 'validation',
