@@ -143,6 +143,10 @@ def test_inception_reference_statistics_use_pool3_of_the_split(tmp_path, variabl
                                                   max_examples=4)
   pool3 = np.concatenate([inception.inception_features(variables, images[i:i + 2])[0] for i in (0, 2)])
   np.testing.assert_allclose(stats['features'], pool3, rtol=1e-5, atol=1e-6)
+  spatial = np.concatenate([inception.inception_features(variables, images[i:i + 2], spatial=True)[2]
+                            for i in (0, 2)]).astype(np.float64)
+  np.testing.assert_allclose(stats['mu_spatial'], spatial.mean(0), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(stats['sigma_spatial'], np.cov(spatial, rowvar=False), rtol=1e-4, atol=1e-6)
   np.testing.assert_allclose(stats['mu'], pool3.astype(np.float64).mean(0), rtol=1e-5)
   assert stats['sigma'].shape == (inception.POOL3_DIM, inception.POOL3_DIM)
   with np.load(tmp_path / 'ref.npz') as cached:

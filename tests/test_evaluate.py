@@ -3,16 +3,20 @@
 import glob
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 
-from cfg import evaluate, sweep, train
+from cfg import data, evaluate, sweep, train
+from cfg.errors import MissingInputError
+from cfg.evaluation import adm_io, dinov2, feature_net, inception, metrics, rounds, synthetic_weights
 from configs import smoke
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,13 +59,132 @@ def test_killed_evaluation_resumes_to_the_same_numbers(trained_workdir, tmp_path
   resumed_rows = evaluate.run(_eval_config(), killed)
   clean_rows = evaluate.run(_eval_config(), clean)
   assert resumed_rows == clean_rows
-  for name in ('fd_fmnist', 'is_fmnist', 'precision', 'recall', 'class_accuracy'):
+  for name in ('fd_fmnist', 'fd_fmnist_lo', 'fd_fmnist_hi', 'fd_fmnist_inf', 'is_fmnist', 'precision',
+               'recall', 'precision_k5', 'recall_k5', 'density', 'coverage', 'class_accuracy'):
     assert all(np.isfinite(row[name]) for row in clean_rows), name
+  assert all(row['fd_fmnist_lo'] < row['fd_fmnist_hi'] for row in clean_rows)
   (folder,) = glob.glob(os.path.join(clean, 'eval', '*'))
   for name in ('results.json', 'table.md', 'table.csv', 'tradeoff.png', 'samples_w0.png', 'samples_w1.npz'):
     assert os.path.exists(os.path.join(folder, name)), name
   with open(os.path.join(folder, 'results.json')) as f:
-    assert json.load(f)['rows'] == clean_rows
+    results = json.load(f)
+  assert results['rows'] == clean_rows
+  record = results['provenance']
+  assert record['commit'] and isinstance(record['tree_dirty'], bool) and record['wall_seconds'] > 0
+  assert record['machine']['device_count'] >= 1 and record['machine']['process_count'] == 1
+  assert record['labels'] == results['info']['labels'] == 'balanced'
+  assert record['config']['sampling']['num_samples'] == results['info']['num_samples'] == 40
+  assert record['reference'] == {'fmnist': 'fashion_mnist test split'}
+  assert len(record['evaluators']['fmnist']) == 64 and record['checkpoint']['step'] == 6
+  assert (results['info']['sampler'], results['info']['nfe_per_image']) == ('ddim', 6)
+  with np.load(os.path.join(folder, 'samples_w0.npz')) as batch:  # balanced: 4 of each class
+    assert np.bincount(batch['arr_1'], minlength=10).tolist() == [4] * 10
+  table = open(os.path.join(folder, 'table.md')).read()
+  assert f'| {clean_rows[0]["fd_fmnist"]:.4g} [{clean_rows[0]["fd_fmnist_lo"]:.4g}, ' in table
+
+
+class _Killed(Exception):
+  pass
+
+
+def _kill_after_first_round(index):
+  if index == 0:
+    raise _Killed()
+
+
+def test_resuming_rounds_with_another_feature_network_refuses_and_keeps_them(trained_workdir, tmp_path):
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(trained_workdir, workdir)
+  config = _eval_config()
+  with pytest.raises(_Killed):
+    evaluate.run(config, workdir, on_round=_kill_after_first_round)
+  (folder,) = glob.glob(os.path.join(workdir, 'eval', '*'))
+  before = {name: open(os.path.join(folder, name), 'rb').read() for name in os.listdir(folder)}
+  assert sorted(before) == ['manifest.json', 'round_00000.npz']
+  net = feature_net.load_feature_net(config.eval.feature_net_dir)  # the same network, one weight moved
+  variables = jax.tree.map(np.asarray, net.variables)
+  variables['params']['Dense_0']['bias'] = variables['params']['Dense_0']['bias'] + 1e-3
+  feature_net.save_feature_net(feature_net.TrainedFeatureNet(net.network, variables, net.info),
+                               str(tmp_path / 'other_net'))
+  config.eval.feature_net_dir = str(tmp_path / 'other_net')
+  with pytest.raises(rounds.RoundsMismatchError, match=r'evaluators\.fmnist: .* there, .* now.*nothing was '
+                     'overwritten'):
+    evaluate.run(config, workdir)
+  after = {name: open(os.path.join(folder, name), 'rb').read() for name in os.listdir(folder)}
+  assert after == before
+
+
+TINY_DINOV2 = dict(patch_size=14, embed_dim=64, depth=1, num_heads=1, mlp_ratio=4.0, pos_grid=16)
+
+
+def _tiny_dinov2_state_dict(seed=0):
+  """Generated weights for a one-block DINOv2 ViT of 64-d tokens (what `architecture_of` infers)."""
+  rng = np.random.default_rng(seed)
+  def tensor(name, shape):
+    if name.endswith('gamma'):
+      return np.full(shape, 0.5, np.float32)
+    if 'norm' in name and name.endswith('weight'):
+      return 1 + 0.1 * rng.standard_normal(shape).astype(np.float32)
+    return (0.05 * rng.standard_normal(shape)).astype(np.float32)
+  return {name: tensor(name, shape) for name, shape in dinov2.expected_state_dict_shapes(TINY_DINOV2).items()}
+
+
+def test_inception_and_dinov2_path_end_to_end_with_generated_weights(trained_workdir, tmp_path):
+  """A tiny smoke run → rounds → metrics → tables through FID Inception (sFID too) and DINOv2."""
+  config = _eval_config()
+  config.sampling.update(dict(num_samples=10, batch_size=10))
+  config.guidance.w = 1.0
+  np.savez(tmp_path / 'inception.npz', **synthetic_weights.synthetic_state_dict(
+      inception.expected_state_dict_shapes(), seed=0))
+  np.savez(tmp_path / 'dinov2.npz', **_tiny_dinov2_state_dict())
+  reference_images, _ = data.load_split(config.data, 'test', max_examples=12)
+  adm_io.write_sample_batch(tmp_path / 'reference.npz', reference_images)  # images only: mu, sigma computed
+  config.eval.update(dict(inception_weights=str(tmp_path / 'inception.npz'),
+                          reference_batch=str(tmp_path / 'reference.npz'), fd_dinov2=True,
+                          dinov2_weights=str(tmp_path / 'dinov2.npz'), bootstrap_resamples=20))
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(trained_workdir, workdir)  # the fixture's workdir stays without evaluations
+  (row,) = evaluate.run(config, workdir)
+  for distance in ('fd_fmnist', 'fid', 'fd_dinov2'):
+    for name in (distance, f'{distance}_lo', f'{distance}_hi', f'{distance}_inf'):
+      assert np.isfinite(row[name]) and row[name] >= 0, name
+    assert row[f'{distance}_lo'] < row[f'{distance}_hi'], distance
+  assert np.isfinite(row['sfid']) and row['sfid'] > 0 and np.isfinite(row['is'])
+  (folder,) = glob.glob(os.path.join(workdir, 'eval', '*'))
+  # The distances are those of the written samples' features (the port, run here) to the reference's.
+  samples, _ = adm_io.read_sample_batch(os.path.join(folder, 'samples_w1.npz'))
+  dino_variables, architecture = dinov2.load_dinov2_weights(str(tmp_path / 'dinov2.npz'))
+  assert architecture == TINY_DINOV2
+  dino = lambda images: np.asarray(dinov2.dinov2_features(dino_variables, images, architecture=architecture))
+  mu, sigma = metrics.feature_statistics(dino(reference_images))
+  assert row['fd_dinov2'] == pytest.approx(
+      metrics.frechet_distance_to_reference(features=dino(samples), mu_ref=mu, sigma_ref=sigma), rel=1e-5)
+  variables = inception.load_inception_params(str(tmp_path / 'inception.npz'))
+  pool3, _, spatial = inception.compute_features(variables, [samples], batch_size=10, spatial=True)
+  ref_pool3, _, ref_spatial = inception.compute_features(
+      variables, [reference_images[:10], reference_images[10:]], batch_size=10, spatial=True)
+  for name, ours, theirs in (('fid', pool3, ref_pool3), ('sfid', spatial, ref_spatial)):
+    mu, sigma = metrics.feature_statistics(theirs)
+    assert row[name] == pytest.approx(
+        metrics.frechet_distance_to_reference(features=ours, mu_ref=mu, sigma_ref=sigma), rel=1e-5), name
+  with open(os.path.join(folder, 'results.json')) as f:
+    results = json.load(f)
+  assert sorted(results['provenance']['evaluators']) == ['dinov2', 'fmnist', 'inception']
+  assert results['provenance']['reference']['inception'] == f'reference batch {tmp_path / "reference.npz"}'
+  table = open(os.path.join(folder, 'table.md')).read()
+  for column in ('fd_fmnist [95% CI]', 'fid [95% CI]', 'fid_inf', 'sfid', 'fd_dinov2 [95% CI]'):
+    assert f' {column} |' in table, column
+
+
+def test_fd_dinov2_without_weights_says_how_to_get_them():
+  config = _eval_config()
+  config.eval.fd_dinov2 = True
+  with pytest.raises(MissingInputError, match=re.escape(
+      'config.eval.fd_dinov2=True needs config.eval.dinov2_weights, the converted DINOv2 ViT-L/14 .npz '
+      '(download https://dl.fbaipublicfiles.com/dinov2/dinov2_vitl14/dinov2_vitl14_pretrain.pth, then '
+      '`python -m cfg.evaluation.convert_dinov2 --torch_weights=dinov2_vitl14_pretrain.pth '
+      '--out=dinov2_vitl14.npz`).')):
+    evaluate.feature_spaces(config)
 
 
 def test_sweep_plan_names_workdirs_and_counts_cost(tmp_path):

@@ -9,7 +9,8 @@ File formats (paper §7):
 A sample batch is also a valid reference batch for the ADM evaluator: it computes statistics from arr_0.
 
 Reference statistics of a dataset split are cached in an .npz (mu, sigma, pool3 features for precision /
-recall) keyed by a fingerprint of the feature network and the data, and recomputed when either changes.
+recall, and for Inception the spatial mu / sigma of sFID) keyed by a fingerprint of the feature network and
+the data, and recomputed when either changes.
 """
 
 import dataclasses
@@ -83,6 +84,12 @@ def iterate_npz_array(path, key, *, batch_size):
         yield np.frombuffer(buffer, dtype).reshape((count,) + tuple(shape[1:]))
 
 
+def array_names(path):
+  """The names of the arrays in an .npz, read from its zip directory (no array is loaded)."""
+  with files.path(path).open('rb') as raw, zipfile.ZipFile(raw) as archive:
+    return [name[:-4] for name in archive.namelist() if name.endswith('.npy')]
+
+
 @dataclasses.dataclass(frozen=True)
 class ReferenceBatch:
   """The contents of an ADM reference batch; absent entries are None."""
@@ -118,8 +125,7 @@ def reference_batch_statistics(path, variables, *, batch_size=100):
   and any spatial statistics not stored are None for a batch without images.
   """
   batch = read_reference_batch(path, load_images=False)
-  with files.path(path).open('rb') as raw, zipfile.ZipFile(raw) as archive:
-    has_images = 'arr_0.npy' in archive.namelist()
+  has_images = 'arr_0' in array_names(path)
   stats = {'mu': batch.mu, 'sigma': batch.sigma, 'mu_spatial': batch.mu_spatial,
            'sigma_spatial': batch.sigma_spatial, 'features': None}
   if has_images:
@@ -150,12 +156,17 @@ def weights_fingerprint(variables):
   return digest.hexdigest()
 
 
+_STATISTICS = ('mu', 'sigma', 'features', 'mu_spatial', 'sigma_spatial')
+
+
 def reference_statistics(data_config, *, split, features_fn, features_id, cache_path,
                          max_examples=None):
-  """{mu, sigma, features} of features_fn(uint8 images) over a data split, cached at cache_path.
+  """{mu, sigma, features[, mu_spatial, sigma_spatial]} over a data split, cached at cache_path.
 
-  features_id names the feature network and its weights (e.g. `weights_fingerprint`); together with the
-  data config, split and max_examples it keys the cache, which is recomputed when any of them changes.
+  features_fn(uint8 images) returns the features [N, D], or {'features': …, 'spatial': …} when sFID's
+  spatial statistics are wanted too. features_id names the feature network and its weights (e.g.
+  `weights_fingerprint`); together with the data config, split and max_examples it keys the cache,
+  which is recomputed when any of them changes.
   """
   data_record = {key: value for key, value in data_config.to_dict().items() if key != 'read_threads'}
   fingerprint = hashlib.sha256(json.dumps(
@@ -163,11 +174,15 @@ def reference_statistics(data_config, *, split, features_fn, features_id, cache_
   if cache_path is not None and files.path(cache_path).exists():
     with files.open_npz(cache_path) as stored:
       if 'fingerprint' in stored and str(stored['fingerprint']) == fingerprint:
-        return {key: stored[key] for key in ('mu', 'sigma', 'features')}
+        return {key: stored[key] for key in _STATISTICS if key in stored}
   images, _ = data.load_split(data_config, split, max_examples)
-  features = np.asarray(features_fn(images))
+  computed = features_fn(images)
+  computed = computed if isinstance(computed, dict) else {'features': computed}
+  features = np.asarray(computed['features'])
   mu, sigma = metrics.feature_statistics(features)
   stats = {'mu': mu, 'sigma': sigma, 'features': features}
+  if computed.get('spatial') is not None:
+    stats['mu_spatial'], stats['sigma_spatial'] = metrics.feature_statistics(computed['spatial'])
   if cache_path is not None and parallel.is_writer():  # the others compute the same and go on
     files.save_npz(cache_path, dict(stats, fingerprint=np.array(fingerprint),
                                    num_images=np.array(len(features))))
@@ -176,12 +191,14 @@ def reference_statistics(data_config, *, split, features_fn, features_id, cache_
 
 def inception_reference_statistics(data_config, *, split, variables, cache_path, batch_size=100,
                                    max_examples=None):
-  """`reference_statistics` of FID Inception pool3 (ADM preprocessing, via `data.load_split`)."""
+  """`reference_statistics` of FID Inception pool3 and sFID's spatial features (ADM preprocessing,
+  via `data.load_split`)."""
 
-  def pool3(images):
+  def pool3_and_spatial(images):
     batches = (images[start:start + batch_size] for start in range(0, len(images), batch_size))
-    return inception.compute_features(variables, batches, batch_size=batch_size)[0]
+    pool3, _, spatial = inception.compute_features(variables, batches, batch_size=batch_size, spatial=True)
+    return {'features': pool3, 'spatial': spatial}
 
-  return reference_statistics(data_config, split=split, features_fn=pool3,
-                              features_id=f'fid_inception:{weights_fingerprint(variables)}',
+  return reference_statistics(data_config, split=split, features_fn=pool3_and_spatial,
+                              features_id=f'fid_inception+spatial:{weights_fingerprint(variables)}',
                               cache_path=cache_path, max_examples=max_examples)

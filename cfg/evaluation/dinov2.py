@@ -215,6 +215,25 @@ def variables_from_state_dict(state_dict, architecture=VIT_L14):
   return traverse_util.unflatten_dict({key: jnp.asarray(array) for key, array in arrays.items()})
 
 
+def architecture_of(state_dict):
+  """The `DinoV2` fields a state dict's shapes imply. Heads are not in the shapes: every DINOv2 ViT uses
+  64-d heads (S/14: 6 heads of 384, B: 12 of 768, L: 16 of 1024, g: 24 of 1536), so num_heads = D / 64."""
+  embed_dim = int(state_dict['cls_token'].shape[-1])
+  depth = 1 + max(int(name.split('.')[1]) for name in state_dict if name.startswith('blocks.'))
+  return dict(patch_size=int(state_dict['patch_embed.proj.weight'].shape[-1]), embed_dim=embed_dim,
+              depth=depth, num_heads=max(1, embed_dim // 64),
+              mlp_ratio=state_dict['blocks.0.mlp.fc1.weight'].shape[0] / embed_dim,
+              pos_grid=int(round(math.sqrt(state_dict['pos_embed'].shape[1] - 1))))
+
+
+def load_dinov2_weights(path):
+  """(Flax variables, architecture) of the DINOv2 ViT in a converted .npz (ViT-L/14 for EDM2's recipe)."""
+  state_dict = torch_weights.read_converted_npz(
+      path, network='DINOv2', url=TORCH_WEIGHTS_URL, convert_command=CONVERT_COMMAND)
+  architecture = architecture_of(state_dict)
+  return variables_from_state_dict(state_dict, architecture), architecture
+
+
 def load_dinov2_params(path, architecture=VIT_L14):
   """Flax variables of DINOv2 from the .npz written by `convert_dinov2`."""
   return variables_from_state_dict(torch_weights.read_converted_npz(

@@ -19,7 +19,6 @@ import functools
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from typing import Any, Optional
@@ -312,17 +311,8 @@ def reference_stats(feature_net, data_config, *, split=None, max_examples=None):
 # ------------------------------------------------------------------ command
 
 
-_REPOSITORY_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
 def _provenance(train_seconds):
-  def git(*args):
-    try:
-      return subprocess.run(['git', *args], capture_output=True, text=True, check=True,
-                            cwd=_REPOSITORY_ROOT).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-      return None
-
+  from cfg.evaluation.provenance import git  # pylint: disable=g-import-not-at-top
   changed = git('status', '--porcelain', '--', 'cfg')
   return {
       'command': 'python -m cfg.evaluation.feature_net ' + ' '.join(sys.argv[1:]),

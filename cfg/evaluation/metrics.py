@@ -251,7 +251,9 @@ def _reference(features, mu_ref, sigma_ref):
   if mu_ref.shape != features.shape[1:] or sigma_ref.shape != features.shape[1:] * 2:
     raise ValueError(f'Reference statistics mu {mu_ref.shape}, sigma {sigma_ref.shape} do not fit '
                      f'features {features.shape}; both need the feature dimension D.')
-  return features, mu_ref, sigma_ref, _psd_sqrt(sigma_ref)
+  # Σ_ref^½ serves only the D × D form, which N ≤ D never takes.
+  root_ref = _psd_sqrt(sigma_ref) if features.shape[0] > features.shape[1] else None
+  return features, mu_ref, sigma_ref, root_ref
 
 
 def _frechet_from_gram(*, mean_offsets, trace_sample, grams, trace_ref):
@@ -278,6 +280,18 @@ def _fd_of_rows(rows, *, mu_ref, sigma_ref, root_ref):
   scaled = (rows - mean) / np.sqrt(num - 1)
   return float(_frechet_from_gram(mean_offsets=mean - mu_ref, trace_sample=np.sum(scaled ** 2),
                                   grams=scaled @ sigma_ref @ scaled.T, trace_ref=np.trace(sigma_ref)))
+
+
+def frechet_distance_to_reference(*, features, mu_ref, sigma_ref):
+  """FD of features [N, D] to reference statistics: `frechet_distance` (scipy sqrtm, the published
+  convention) when N > D; for N ≤ D, where Σ is singular and sqrtm(Σ Σ_ref) both slow and inexact,
+  the same distance in the N × N Gram form (`_frechet_from_gram`)."""
+  features = np.asarray(features, np.float64)
+  if features.ndim == 2 and features.shape[0] > features.shape[1]:
+    mu, sigma = feature_statistics(features)
+    return frechet_distance(mu1=mu, sigma1=sigma, mu2=mu_ref, sigma2=sigma_ref)
+  features, mu_ref, sigma_ref, _ = _reference(features, mu_ref, sigma_ref)
+  return _fd_of_rows(features, mu_ref=mu_ref, sigma_ref=sigma_ref, root_ref=None)
 
 
 def _bootstrap_replicates_gram(centred, counts, *, mean, mu_ref, sigma_ref):

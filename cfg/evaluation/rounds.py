@@ -1,8 +1,9 @@
 """A long evaluation as numbered rounds on disk, so a killed run continues where it stopped.
 
 Each round's arrays go to `round_<i>.npz`, written whole (a kill leaves either the whole file or none).
-A `manifest.json` records what the rounds are of; a rerun with other settings in the same folder is
-refused instead of mixing results. With several processes, process 0 decides which rounds are left and
+A `manifest.json` records what the rounds are of (settings, the fingerprints of the feature networks'
+weights and of the checkpoint's EMA params); a rerun with any of them changed in the same folder is
+refused, naming what changed, instead of mixing results. With several processes, process 0 decides which rounds are left and
 tells the others (so all enter each collective sampling program together), and only process 0 writes.
 """
 
@@ -29,14 +30,26 @@ def open_rounds(directory, manifest):
     if path.exists():
       existing = files.read_json(path)
       if existing != manifest:
+        changes = '; '.join(f'{key}: {old!r} there, {new!r} now'
+                            for key, old, new in _differences(existing, manifest))
         raise RoundsMismatchError(
-            f'{directory} holds rounds of another evaluation ({existing}); this one is {manifest}. '
-            'Remove that folder or change the settings back; nothing was overwritten.')
+            f'{directory} holds rounds of another evaluation ({changes}). Its rounds would mix with '
+            'this one\'s: remove that folder or change the settings back; nothing was overwritten.')
     else:
       files.write_json(path, manifest)
 
   parallel.decided_by_process_zero(check_or_write)
   parallel.sync('cfg.rounds.open')
+
+
+def _differences(old, new, prefix=''):
+  """(dotted key, old value, new value) for every leaf where two JSON dicts differ."""
+  for key in sorted(set(old) | set(new)):
+    a, b = old.get(key), new.get(key)
+    if isinstance(a, dict) and isinstance(b, dict):
+      yield from _differences(a, b, f'{prefix}{key}.')
+    elif a != b:
+      yield f'{prefix}{key}', a, b
 
 
 def finished_rounds(directory, num_rounds):

@@ -6,7 +6,12 @@ import json
 
 from cfg import files
 
-METRIC_ORDER = ('fid', 'fd_fmnist', 'is', 'is_fmnist', 'precision', 'recall', 'class_accuracy')
+# Each Fréchet distance d comes with d_lo, d_hi (its 95% bootstrap interval) and d_inf (FD∞).
+DISTANCES = ('fid', 'fd_fmnist', 'fd_dinov2')
+_WITH_INTERVALS = tuple(f'{d}{suffix}' for d in DISTANCES for suffix in ('', '_lo', '_hi', '_inf'))
+METRIC_ORDER = _WITH_INTERVALS[:8] + ('sfid',) + _WITH_INTERVALS[8:] + (
+    'is', 'is_fmnist', 'precision', 'recall', 'precision_k5', 'recall_k5', 'density', 'coverage',
+    'class_accuracy')
 
 
 def metric_names(rows):
@@ -14,13 +19,26 @@ def metric_names(rows):
   return [m for m in METRIC_ORDER if m in present]
 
 
+def _markdown_columns(rows):
+  """Metric columns with each distance's interval folded into one 'd [95% CI]' column beside it."""
+  names = metric_names(rows)
+  return [m for m in names if not (m.endswith(('_lo', '_hi')) and m[:-3] in DISTANCES)]
+
+
+def _cell(row, column):
+  if column in DISTANCES and f'{column}_lo' in row:
+    return f'{_format(row.get(column))} [{_format(row[f"{column}_lo"])}, {_format(row[f"{column}_hi"])}]'
+  return _format(row.get(column))
+
+
 def markdown_table(rows, *, columns=None):
-  """| w | s = 1+w | metric … | with one line per row."""
-  columns = columns or ['w', 's'] + metric_names(rows)
-  header = '| ' + ' | '.join('s = 1+w' if c == 's' else c for c in columns) + ' |'
+  """| w | s = 1+w | metric … | with one line per row; a distance's cell is 'd [lo, hi]' (95% interval)."""
+  columns = columns or ['w', 's'] + _markdown_columns(rows)
+  names = {'s': 's = 1+w', **{d: f'{d} [95% CI]' for d in DISTANCES if any(f'{d}_lo' in r for r in rows)}}
+  header = '| ' + ' | '.join(names.get(c, c) for c in columns) + ' |'
   lines = [header, '|' + '---|' * len(columns)]
   for row in rows:
-    lines.append('| ' + ' | '.join(_format(row.get(c)) for c in columns) + ' |')
+    lines.append('| ' + ' | '.join(_cell(row, c) for c in columns) + ' |')
   return '\n'.join(lines)
 
 
@@ -32,9 +50,10 @@ def _format(value):
   return str(value)
 
 
-def write_tables(directory, rows, info):
-  """results.json ({info, rows}), table.md and table.csv in `directory`, each written atomically."""
-  files.write_text(files.join(directory, 'results.json'), json.dumps({'info': info, 'rows': rows}, indent=1))
+def write_tables(directory, rows, info, *, provenance=None):
+  """results.json ({info, rows[, provenance]}), table.md and table.csv in `directory`, each atomic."""
+  record = {'info': info, 'rows': rows, **({'provenance': provenance} if provenance is not None else {})}
+  files.write_text(files.join(directory, 'results.json'), json.dumps(record, indent=1, default=str))
   files.write_text(files.join(directory, 'table.md'), markdown_table(rows) + '\n')
   write_csv(files.join(directory, 'table.csv'), rows, ['w', 's'] + metric_names(rows))
 
