@@ -13,11 +13,12 @@ import glob
 import json
 import os
 import shlex
+import time
 from typing import Any, Sequence
 
 from cfg import files
 from cfg.errors import MissingInputError
-from cfg.evaluation import tables
+from cfg.evaluation import provenance, tables
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,8 +132,13 @@ def find_results(workdir, config):
 
 
 def collect(config, sweep, root, out_dir, extra_overrides=()):
-  """Combined table (w × sweep values) and trade-off plot of the finished jobs; returns the rows."""
-  series, combined = {}, {}
+  """Combined table (w × sweep values) and trade-off plot of the finished jobs; returns the rows.
+
+  results.json holds the series, each job's evaluation info and provenance (commit, machine, evaluator
+  and checkpoint fingerprints, …) as its results.json recorded them, and this collection's own.
+  """
+  started = time.time()
+  series, combined, jobs = {}, {}, {}
   for job, job_cfg, _ in plan(config, sweep, root, extra_overrides):
     value = dict(job.overrides)[sweep.field]
     result = find_results(job.workdir, job_cfg)
@@ -140,6 +146,7 @@ def collect(config, sweep, root, out_dir, extra_overrides=()):
       print(f'{job.name}: no results yet', flush=True)
       continue
     series[f'{sweep.field}={value}'] = result['rows']
+    jobs[f'{sweep.field}={value}'] = {'info': result['info'], 'provenance': result.get('provenance')}
     for row in result['rows']:
       combined.setdefault(row['w'], {'w': row['w']})
       for metric in tables.metric_names([row]):
@@ -156,7 +163,8 @@ def collect(config, sweep, root, out_dir, extra_overrides=()):
   files.write_text(out_dir / 'table.md', text + '\n')
   tables.write_csv(out_dir / 'table.csv', rows, columns)
   files.write_text(out_dir / 'results.json', json.dumps(
-      {'sweep': dataclasses.asdict(sweep), 'series': series}, indent=1, default=str))
+      {'sweep': dataclasses.asdict(sweep), 'series': series, 'jobs': jobs,
+       'provenance': provenance.provenance(wall_seconds=time.time() - started)}, indent=1, default=str))
   tables.tradeoff_plot(out_dir / 'tradeoff.png', series, title=f'sweep over {sweep.field}')
   print(text, flush=True)
   return rows

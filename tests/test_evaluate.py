@@ -228,6 +228,11 @@ def test_collect_builds_the_combined_table(tmp_path):
                    'is_fmnist @ 0.5': 3.0}]
   assert os.path.exists(os.path.join(out, 'tradeoff.png'))
   assert '| w |' in open(os.path.join(out, 'table.md')).read()
+  with open(os.path.join(out, 'results.json')) as f:
+    collected = json.load(f)
+  assert collected['jobs']['diffusion.p_uncond=0.5'] == {'info': {'step': 6, 'seed': 1}, 'provenance': None}
+  record = collected['provenance']
+  assert record['commit'] and record['machine']['device_count'] >= 1 and record['wall_seconds'] >= 0
 
 
 def test_collect_takes_the_evaluation_the_config_describes(tmp_path):
