@@ -32,26 +32,31 @@ Jitting: keep the network parameters an argument so they are not baked into the 
 
 import functools
 import numbers
-from typing import NamedTuple
+from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from cfg import diffusion, guidance, solvers
-from cfg.guidance import Branches, GuidanceParams, Pred
-from cfg.solvers import Carry, Level, SolverParams
+from cfg.guidance import Branches, Denoiser, GuidanceParams, Method, Pred, State
+from cfg.solvers import Carry, Level, Solver, SolverParams
+
+Array = jax.Array
+Predict = Callable[[Array, ArrayLike, State, Any], tuple[Pred, State]]
 
 
-def _validate(*, labels, image_shape, num_steps, params, example_ids, logsnr_min, logsnr_max,
-              solver_params):
+def _validate(*, labels: ArrayLike, image_shape: Any, num_steps: Any, params: GuidanceParams,
+              example_ids: Optional[ArrayLike], logsnr_min: ArrayLike, logsnr_max: ArrayLike,
+              solver_params: SolverParams) -> None:
   """Raises ValueError naming the bad argument; shapes only, so it also runs under jit."""
   if isinstance(num_steps, bool) or not isinstance(num_steps, numbers.Integral):
     raise ValueError(f'num_steps must be a Python int (it is static), got {num_steps!r}.')
-  if num_steps < 2:
+  if int(num_steps) < 2:
     raise ValueError(f'num_steps must be >= 2 (grid levels from λ_min to λ_max), got {num_steps}.')
   if (not isinstance(image_shape, (tuple, list)) or not image_shape
-      or not all(isinstance(d, numbers.Integral) and d > 0 for d in image_shape)):
+      or not all(isinstance(d, numbers.Integral) and int(d) > 0 for d in image_shape)):
     raise ValueError(f'image_shape must be a tuple of positive ints like (28, 28, 1), '
                      f'got {image_shape!r}.')
   if jnp.ndim(labels) != 1:
@@ -77,7 +82,7 @@ def _validate(*, labels, image_shape, num_steps, params, example_ids, logsnr_min
     raise ValueError(f'eta (DDIM) must lie in [0, 1], got {eta}.')
 
 
-def _check_combination(method, solver, *, guide, has_guide_network):
+def _check_combination(method: Method, solver: Solver, *, guide: bool, has_guide_network: bool) -> None:
   if method.renoise_ref and not solver.renoises_with_eps:
     raise ValueError('CFG++ (guidance.method=cfgpp) needs a solver that re-noises with ε '
                      '(sampling.sampler=ddim); ancestral, dpmpp_2m and heun step with x̂ or a second '
@@ -86,18 +91,18 @@ def _check_combination(method, solver, *, guide, has_guide_network):
     raise ValueError('autoguidance needs a guide network (guide_denoise; guidance.guide_workdir).')
 
 
-def _example_keys(key, example_ids):
+def _example_keys(key: Array, example_ids: Array) -> Array:
   """k_i = fold_in(key, example_ids[i])."""
   return jax.vmap(lambda i: jax.random.fold_in(key, i))(example_ids)
 
 
-def _example_noise(example_keys, index, image_shape):
+def _example_noise(example_keys: Array, index: ArrayLike, image_shape: tuple) -> Array:
   """ε_i ~ N(0, I) from fold_in(k_i, index), one draw per example."""
   return jax.vmap(
       lambda k: jax.random.normal(jax.random.fold_in(k, index), image_shape))(example_keys)
 
 
-def _levels(grid, *, evaluates_last_level):
+def _levels(grid: Array, *, evaluates_last_level: bool) -> tuple[Array, Array]:
   """(λ_t, λ_{t+1}) per scan step. Walking all T levels, the last λ_{T+1} is a dummy above λ_max:
   the step after the last level is computed and discarded, which keeps the loop one scan with one
   network call site, and a dummy λ_{T+1} > λ_T keeps that discarded step finite."""
@@ -106,28 +111,29 @@ def _levels(grid, *, evaluates_last_level):
   return grid[:-1], grid[1:]
 
 
-def guidance_plan(logsnrs, *, logsnr_lo, logsnr_hi):
+def guidance_plan(logsnrs: Any, *, logsnr_lo: Any, logsnr_hi: Any) -> Any:
   """guided[t] = λ_lo ≤ λ_t ≤ λ_hi (`guidance.inside_interval`): the levels whose guiding branch runs."""
   return guidance.inside_interval(logsnrs, logsnr_lo=logsnr_lo, logsnr_hi=logsnr_hi)
 
 
-def _clip_x(*, pred, z, logsnr):
+def _clip_x(*, pred: Pred, z: Array, logsnr: ArrayLike) -> Pred:
   """x̃ ← clip(x̃, −1, 1), ε̂ = (z − α x̃)/σ recomputed."""
   x = jnp.clip(pred.x, -1.0, 1.0)
   return Pred(eps=diffusion.eps_from_x(z=z, x=x, logsnr=logsnr), x=x)
 
 
-def _predictor(denoise, pair, method, *, labels, params, clip_x, guide):
+def _predictor(denoise: Denoiser, pair: Callable[[Array, Array, Array], tuple[Array, Array]], method: Method, *,
+               labels: Array, params: GuidanceParams, clip_x: bool, guide: bool) -> Predict:
   """predict(z, λ, state, guided) -> (Pred, state); `guided` None means "guide" at every level."""
 
-  def finish(pred, z, logsnr):
+  def finish(pred: Pred, z: Array, logsnr: Array) -> Pred:
     return _clip_x(pred=pred, z=z, logsnr=logsnr) if clip_x else pred
 
-  def main_only(z, logsnr, state):
+  def main_only(z: Array, logsnr: Array, state: State) -> tuple[Pred, State]:
     eps = denoise(z, logsnr, labels).astype(z.dtype)
     return finish(guidance.as_pred(z=z, eps=eps, logsnr=logsnr), z, logsnr), state
 
-  def with_ref(z, logsnr, state):
+  def with_ref(z: Array, logsnr: Array, state: State) -> tuple[Pred, State]:
     eps_main, eps_ref = pair(z, logsnr, labels)
     branches = Branches(guidance.as_pred(z=z, eps=eps_main, logsnr=logsnr),
                         guidance.as_pred(z=z, eps=eps_ref, logsnr=logsnr))
@@ -139,7 +145,7 @@ def _predictor(denoise, pair, method, *, labels, params, clip_x, guide):
     pred = Pred(eps=pred.eps.astype(z.dtype), x=pred.x.astype(z.dtype))
     return finish(pred, z, logsnr), state
 
-  def predict(z, logsnr, state, guided):
+  def predict(z: Array, logsnr: ArrayLike, state: State, guided: Any) -> tuple[Pred, State]:
     logsnr = jnp.full(labels.shape, logsnr, dtype=z.dtype)
     if not guide:
       return main_only(z, logsnr, state)
@@ -151,10 +157,13 @@ def _predictor(denoise, pair, method, *, labels, params, clip_x, guide):
   return predict
 
 
-def sample(denoise, *, key, labels, image_shape, num_steps, null_label, params=None,
-           guidance_weight=None, method='cfg', solver='ancestral', grid='uniform_u',
-           solver_params=SolverParams(), guide_denoise=None, clip_x=False, guide=True,
-           logsnr_min=diffusion.LOGSNR_MIN, logsnr_max=diffusion.LOGSNR_MAX, example_ids=None):
+def sample(denoise: Denoiser, *, key: Array, labels: ArrayLike, image_shape: Sequence[int], num_steps: int,
+           null_label: int, params: Optional[GuidanceParams] = None,
+           guidance_weight: Optional[ArrayLike] = None, method: Union[str, Method] = 'cfg',
+           solver: Union[str, Solver] = 'ancestral', grid: Union[str, Callable[..., Array]] = 'uniform_u',
+           solver_params: Sequence[ArrayLike] = SolverParams(), guide_denoise: Optional[Denoiser] = None,
+           clip_x: bool = False, guide: bool = True, logsnr_min: float = diffusion.LOGSNR_MIN,
+           logsnr_max: float = diffusion.LOGSNR_MAX, example_ids: Optional[ArrayLike] = None) -> Array:
   """x̂ [B, *image_shape] from z ~ N(0, I) at λ_min: one guided prediction (or two, Heun) per level.
 
   denoise: ε(z [B, *image_shape], λ [B], labels [B]) -> ε; called with batch 2B ([c; ∅]) at guided
@@ -182,7 +191,7 @@ def sample(denoise, *, key, labels, image_shape, num_steps, null_label, params=N
   labels = jnp.asarray(labels, jnp.int32)
   if example_ids is None:
     example_ids = jnp.arange(labels.shape[0])
-  example_keys = _example_keys(key, example_ids)
+  example_keys = _example_keys(key, jnp.asarray(example_ids))
   image_shape = tuple(image_shape)
   params = guidance.as_float32(params)
   pair = (guidance.network_pair(denoise, guide_denoise) if guide_denoise is not None
@@ -196,7 +205,7 @@ def sample(denoise, *, key, labels, image_shape, num_steps, null_label, params=N
           if guide and method.skip_outside_interval else None)
   levels = Level(jnp.arange(logsnrs.shape[0]), logsnrs, logsnrs_next, plan)
 
-  def body(carry, lv):
+  def body(carry: Carry, lv: Level) -> tuple[Carry, None]:
     draw_noise = lambda: _example_noise(example_keys, lv.index + 1, image_shape)
     return solver.level(predict, carry=carry, lv=lv, params=solver_params,
                         draw_noise=draw_noise), None
@@ -211,7 +220,7 @@ def sample(denoise, *, key, labels, image_shape, num_steps, null_label, params=N
   return jnp.clip(x, -1.0, 1.0) if clip_x else x
 
 
-def ancestral_sample(denoise, *, variance_interp=0.3, **kwargs):
+def ancestral_sample(denoise: Denoiser, *, variance_interp: ArrayLike = 0.3, **kwargs: Any) -> Array:
   """x̂ = x̃_T of Algorithm 2: z_{t+1} ~ N(μ̃(z_t, x̃_t), (σ̃²)^{1−v} (σ²_{λ_t|λ_{t+1}})^v).
 
   `variance_interp` is v: 0 gives the posterior variance σ̃², 1 the forward σ²_{λ|λ'}
@@ -221,7 +230,7 @@ def ancestral_sample(denoise, *, variance_interp=0.3, **kwargs):
                 **kwargs)
 
 
-def ddim_sample(denoise, *, eta=0.0, **kwargs):
+def ddim_sample(denoise: Denoiser, *, eta: ArrayLike = 0.0, **kwargs: Any) -> Array:
   """DDIM: z_{t+1} = α_{t+1} x̃_t + (σ_{t+1}² − η² σ̃²)^{1/2} ε̂_t + η σ̃ ξ for T − 1 steps; x̂ = z_T/α_T.
 
   With `clip_x`, ε̂ = (z − α x̃)/σ is recomputed from the clipped x̃. Other arguments as `sample`.
@@ -229,7 +238,7 @@ def ddim_sample(denoise, *, eta=0.0, **kwargs):
   return sample(denoise, solver='ddim', solver_params=SolverParams(eta=eta), **kwargs)
 
 
-def get_sampler(name):
+def get_sampler(name: str) -> Callable[..., Array]:
   """The sampler called `name`: ancestral_sample (takes v), ddim_sample (takes η), or `sample` with
   solver 'dpmpp_2m' | 'heun' bound."""
   solvers.get_solver(name)
@@ -237,7 +246,8 @@ def get_sampler(name):
   return named.get(name, functools.partial(sample, solver=name))
 
 
-def sample_sweep(sampler_fn, *, guidance_weights=None, params=None, **kwargs):
+def sample_sweep(sampler_fn: Callable[..., Array], *, guidance_weights: Optional[ArrayLike] = None,
+                 params: Optional[GuidanceParams] = None, **kwargs: Any) -> Array:
   """x̂[k] = sampler_fn(params=params_k, **kwargs) for all k in one vmapped program → [K, B, …].
 
   `params` is a GuidanceParams whose swept leaves have a leading axis K (a per-example w: [K, B])
@@ -258,7 +268,7 @@ def sample_sweep(sampler_fn, *, guidance_weights=None, params=None, **kwargs):
   if params is None:
     raise ValueError('sample_sweep needs guidance_weights [K] or params with [K] leaves.')
   params = guidance.as_float32(params)
-  axes = GuidanceParams(*(0 if jnp.ndim(leaf) else None for leaf in params))
+  axes = GuidanceParams(*(0 if jnp.ndim(leaf) else None for leaf in params))  # type: ignore[arg-type]  # in_axes
   sizes = {jnp.shape(leaf)[0] for leaf, axis in zip(params, axes) if axis == 0}
   if len(sizes) != 1:
     raise ValueError(f'sample_sweep needs at least one swept leaf and one K for all of them; got '
@@ -266,7 +276,7 @@ def sample_sweep(sampler_fn, *, guidance_weights=None, params=None, **kwargs):
   return jax.vmap(lambda p: sampler_fn(params=p, **kwargs), in_axes=(axes,))(params)
 
 
-def num_steps_for_nfe(solver, nfe):
+def num_steps_for_nfe(solver: Union[str, Solver], nfe: int) -> int:
   """The grid levels T that spend `nfe` unguided evaluations per image (ancestral T = nfe; ddim and
   dpmpp_2m T = nfe + 1; heun, two evaluations a step, T = nfe/2 + 1)."""
   solver = solvers.get_solver(solver) if isinstance(solver, str) else solver
@@ -280,13 +290,14 @@ class Evaluations(NamedTuple):
   ref: int
 
   @property
-  def total(self):
+  def total(self) -> int:
     return self.main + self.ref
 
 
-def count_evaluations(*, solver, method='cfg', num_steps, grid='uniform_u', guide=True,
-                      params=GuidanceParams(), logsnr_min=diffusion.LOGSNR_MIN,
-                      logsnr_max=diffusion.LOGSNR_MAX):
+def count_evaluations(*, solver: Union[str, Solver], method: Union[str, Method] = 'cfg', num_steps: int,
+                      grid: Union[str, Callable[..., Array]] = 'uniform_u', guide: bool = True,
+                      params: GuidanceParams = GuidanceParams(), logsnr_min: float = diffusion.LOGSNR_MIN,
+                      logsnr_max: float = diffusion.LOGSNR_MAX) -> Evaluations:
   """Exact network evaluations per image of one `sample` call (host ints; params concrete scalars).
 
   A guided 2B call counts 2 (main + ref), a skipped guiding branch 0, Heun's second evaluation 1.
@@ -300,8 +311,8 @@ def count_evaluations(*, solver, method='cfg', num_steps, grid='uniform_u', guid
   if not guide:
     guided = 0
   elif method.skip_outside_interval:
-    guided = int(np.sum(guidance_plan(logsnrs, logsnr_lo=np.float32(params.logsnr_lo),
-                                      logsnr_hi=np.float32(params.logsnr_hi))))
+    guided = int(np.sum(guidance_plan(logsnrs, logsnr_lo=np.float32(np.asarray(params.logsnr_lo)),
+                                      logsnr_hi=np.float32(np.asarray(params.logsnr_hi)))))
   else:
     guided = len(logsnrs)
   return Evaluations(main=solver.evals * len(logsnrs), ref=solver.evals * guided)

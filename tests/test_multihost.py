@@ -3,6 +3,7 @@ devices and stop together on SIGTERM to either; checkpoints move between process
 samples do not depend on the device count."""
 
 import glob
+import json
 import os
 import re
 import shutil
@@ -258,6 +259,14 @@ def test_two_processes_evaluate_and_sample_like_one_and_a_killed_evaluation_resu
   one, two = _files(dirs['one'], 'eval'), _files(dirs['two'], 'eval')
   assert sorted(one) == sorted(two) and any(name.endswith('results.json') for name in one)
   for name in one:
+    if name.endswith('results.json'):  # its provenance records the run: process count, wall time, date
+      ours, theirs = json.loads(one[name]), json.loads(two[name])
+      assert [r['provenance']['machine']['process_count'] for r in (ours, theirs)] == [1, 2]
+      for key in ('evaluators', 'checkpoint', 'config', 'labels', 'reference'):
+        assert ours['provenance'][key] == theirs['provenance'][key], key
+      ours.pop('provenance'), theirs.pop('provenance')
+      assert ours == theirs
+      continue
     assert two[name] == one[name], name
 
   sample_flags = ('--config.mode=sample', '--config.sampling.num_samples=20', '--config.sampling.batch_size=10')
@@ -268,3 +277,16 @@ def test_two_processes_evaluate_and_sample_like_one_and_a_killed_evaluation_resu
   assert sorted(one) == sorted(two) and len(one) == 3, sorted(one)  # w0.npz, w1.npz, nfe.json
   for name in one:
     assert two[name] == one[name], name
+
+
+def test_what_process_zero_decides_or_raises_reaches_every_process():
+  port = _free_port()
+  hosts = [subprocess.Popen([sys.executable, '-m', 'tests.decide_on_processes', str(port), str(i)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  results = [host.communicate(timeout=300) for host in hosts]
+  for host, (out, _) in zip(hosts, results):
+    assert host.returncode != 0  # both stop at the refusal, neither waits for the other
+    assert "decided {'rounds': [0, 2], 'decided_on': 0}" in out  # process 1 got process 0's value
+  assert 'cfg.errors.WorkdirError: that folder holds another evaluation' in results[0][1]
+  assert ('cfg.errors.ProcessZeroUserError: process 0 stopped: WorkdirError: that folder holds another '
+          'evaluation') in results[1][1]
