@@ -200,6 +200,14 @@ def round_key(spaces, space, name):
   return name if space is spaces[0] else f'{space.name}_{name}'
 
 
+def _reference_radii(space, *, k):
+  """The reference features' k-NN radii, computed once per feature space (every weight shares them)."""
+  key = f'_manifold_radii_k{k}'
+  if key not in space.reference:
+    space.reference[key] = metrics.manifold_radii(space.reference['features'], k=k)
+  return space.reference[key]
+
+
 def space_columns(space, scored, labels, *, resamples, main):
   """The columns one feature space gives one guidance weight; scored: its {'features', …} [N, …]."""
   fd_name, is_name = NAMES[space.name]
@@ -211,11 +219,12 @@ def space_columns(space, scored, labels, *, resamples, main):
     row['sfid'] = metrics.frechet_distance_to_reference(
         features=scored['spatial'], mu_ref=space.reference['mu_spatial'],
         sigma_ref=space.reference['sigma_spatial'])
-  if main and space.reference.get('features') is not None:
-    precision, recall = metrics.precision_recall(real_features=space.reference['features'],
-                                                 fake_features=feats, k=3)
+  real = space.reference.get('features')
+  if main and real is not None and len(feats) > 5:  # k-NN radii need more than k = 3 and 5 samples
+    precision, recall = metrics.precision_recall(real_features=real, fake_features=feats, k=3,
+                                                 real_radii=_reference_radii(space, k=3))
     row['precision'], row['recall'] = float(precision), float(recall)
-    prdc = metrics.prdc(real_features=space.reference['features'], fake_features=feats, k=5)
+    prdc = metrics.prdc(real_features=real, fake_features=feats, k=5, real_radii=_reference_radii(space, k=5))
     row.update(precision_k5=prdc['precision'], recall_k5=prdc['recall'], density=prdc['density'],
                coverage=prdc['coverage'])
   if space.labels_meaningful:

@@ -2,7 +2,7 @@
 
 Writes, per weight w, an ADM-format batch `w<w>.npz` (arr_0 uint8 NHWC, arr_1 labels, through
 `cfg.evaluation.adm_io.write_sample_batch`) and a PNG grid under
-`<workdir>/samples/<step, sampler, T, N, seed[, method, grid]>/`, and `nfe.json` (network evaluations
+`<workdir>/samples/<step, sampler, T, N, seed[, labels, method, grid]>/`, and `nfe.json` (network evaluations
 per image next to T). Existing files are kept, never overwritten. With several processes, process 0
 decides which weights are left and writes every file; all sample together.
 
@@ -22,6 +22,8 @@ from cfg.trained import load_ema_params, make_sample_fn
 def output_dir(config, workdir, step):
   s, g = config.sampling, config.guidance
   name = f'step{step}_{s.sampler}{generate.num_steps(config)}_n{s.num_samples}_seed{s.seed}'
+  if s.labels != 'uniform':  # other labels, other samples: never kept in a folder of uniform ones
+    name += f'_{s.labels}'
   if g.method != 'cfg':
     name += f'_{g.method}'
   if s.grid != 'uniform_u':

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from cfg import config_checks, generate, guidance, parallel, solvers, train
+from cfg import config_checks, generate, guidance, parallel, sample, solvers, train
 from cfg.trained import load_ema_params, load_guide, make_sample_fn
 from cfg.config_checks import ConfigError, check_config
 from cfg.evaluation import adm_io
@@ -163,3 +163,13 @@ def test_launch_rejects_bad_guidance_with_one_message(tmp_path, flags, message):
   result = _launch(str(tmp_path), *flags)
   assert result.returncode != 0 and message in result.stderr, result.stderr
   assert 'Traceback' not in result.stderr and not os.listdir(tmp_path)
+
+
+def test_the_label_protocol_names_the_sample_folder():
+  config = smoke_config()
+  uniform = config.copy_and_resolve_references()
+  uniform.sampling.labels = 'uniform'
+  balanced = config.copy_and_resolve_references()
+  balanced.sampling.labels = 'balanced'
+  assert sample.output_dir(uniform, '/w', 6).name == 'step6_ddim4_n20_seed1'  # the name it always had
+  assert sample.output_dir(balanced, '/w', 6).name == 'step6_ddim4_n20_seed1_balanced'

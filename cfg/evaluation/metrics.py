@@ -142,13 +142,15 @@ def _feature_pair(real_features, fake_features):
   return real_features, fake_features
 
 
-def precision_recall(*, real_features, fake_features, k=3, batch_size=1000):
+def precision_recall(*, real_features, fake_features, k=3, batch_size=1000, real_radii=None):
   """(precision, recall) = (share of fakes in the real k-NN manifold, share of reals in the fake one).
 
   Distances are computed in [batch_size, N] blocks, so 50k × 50k sets never build an N × N matrix.
+  real_radii: `manifold_radii(real_features, k=k)` when already known (a fixed reference set).
   """
   real_features, fake_features = _feature_pair(real_features, fake_features)
-  real_radii = manifold_radii(real_features, k=k, batch_size=batch_size)
+  if real_radii is None:
+    real_radii = manifold_radii(real_features, k=k, batch_size=batch_size)
   fake_radii = manifold_radii(fake_features, k=k, batch_size=batch_size)
   precision = coverage(points=fake_features, centres=real_features, radii_squared=real_radii,
                        batch_size=batch_size)
@@ -170,7 +172,7 @@ def _nearest_squared_distance(rows, points):
   return jnp.min(_squared_distances(rows, points), axis=1)
 
 
-def prdc(*, real_features, fake_features, k=5, batch_size=1000):
+def prdc(*, real_features, fake_features, k=5, batch_size=1000, real_radii=None):
   """{precision, recall, density, coverage} of Naeem et al. (2020), as clovaai/generative-evaluation-prdc.
 
   With R_k(x) the distance from x to its k-th nearest other point of its own set (reals X_i, fakes Y_j):
@@ -178,9 +180,11 @@ def prdc(*, real_features, fake_features, k=5, batch_size=1000):
     density   = mean_j (1/k) Σ_i 1[‖Y_j − X_i‖ < R_k(X_i)]  coverage = mean_i 1[min_j ‖X_i − Y_j‖ < R_k(X_i)]
   Comparisons are strict, as in the authors' code (the ADM-style `precision_recall` uses ≤ and k = 3).
   Density is not bounded by 1; coverage uses only the real radii, so it ignores fake outliers.
+  real_radii: `manifold_radii(real_features, k=k)` when already known (a fixed reference set).
   """
   real_features, fake_features = _feature_pair(real_features, fake_features)
-  real_radii = manifold_radii(real_features, k=k, batch_size=batch_size)
+  if real_radii is None:
+    real_radii = manifold_radii(real_features, k=k, batch_size=batch_size)
   fake_radii = manifold_radii(fake_features, k=k, batch_size=batch_size)
   reals, fakes = jnp.asarray(real_features), jnp.asarray(fake_features)
   inside_real_balls = _map_row_blocks(_count_strictly_inside, fake_features, reals,
