@@ -10,27 +10,34 @@ at the end (`metric_means`): the loss per quarter of u (u = 0 is the clean end �
 noise end λ_min) and on the examples whose label was dropped.
 """
 
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from cfg.diffusion import LOGSNR_MAX, LOGSNR_MIN, diffuse, sample_logsnr, u_from_logsnr
 
 NUM_U_BUCKETS = 4
 
+Array = jax.Array
+Denoiser = Callable[[Array, Array, Array], Array]  # ε̂(z, λ, labels), dropout rng bound
 
-def drop_labels(key, labels, *, p_uncond, null_label):
+
+def drop_labels(key: Array, labels: Array, *, p_uncond: ArrayLike, null_label: int) -> tuple[Array, Array]:
   """c ← ∅ with probability p_uncond, independently per example; returns (labels, dropped)."""
   dropped = jax.random.bernoulli(key, p_uncond, labels.shape)
   return jnp.where(dropped, jnp.asarray(null_label, labels.dtype), labels), dropped
 
 
-def u_bucket_names(num_buckets=NUM_U_BUCKETS):
+def u_bucket_names(num_buckets: int = NUM_U_BUCKETS) -> list[str]:
   """Names 'u0-25', 'u25-50', … of the u-quantile buckets (in percent of u)."""
   edges = [round(100 * i / num_buckets) for i in range(num_buckets + 1)]
   return [f'u{lo}-{hi}' for lo, hi in zip(edges[:-1], edges[1:])]
 
 
-def sum_and_count_metrics(per_example_loss, *, u, dropped, num_buckets=NUM_U_BUCKETS):
+def sum_and_count_metrics(per_example_loss: Array, *, u: Array, dropped: Array,
+                          num_buckets: int = NUM_U_BUCKETS) -> dict[str, Array]:
   """{'loss_sum/<group>': Σ loss, 'count/<group>': n} for all, each u bucket and dropped labels."""
   bucket = jnp.clip(jnp.floor(u * num_buckets).astype(jnp.int32), 0, num_buckets - 1)
   groups = {'all': jnp.ones_like(dropped), 'uncond': dropped}
@@ -44,7 +51,7 @@ def sum_and_count_metrics(per_example_loss, *, u, dropped, num_buckets=NUM_U_BUC
   return metrics
 
 
-def metric_means(metrics):
+def metric_means(metrics: dict[str, Array]) -> dict[str, Array]:
   """{'loss/<group>': loss_sum/<group> / max(count/<group>, 1)} from (possibly accumulated) sums."""
   prefix = 'loss_sum/'
   groups = [name[len(prefix):] for name in metrics if name.startswith(prefix)]
@@ -52,8 +59,9 @@ def metric_means(metrics):
           for group in groups}
 
 
-def cfg_loss(denoise, *, key, images, labels, p_uncond, null_label,
-             logsnr_min=LOGSNR_MIN, logsnr_max=LOGSNR_MAX, num_buckets=NUM_U_BUCKETS):
+def cfg_loss(denoise: Denoiser, *, key: Array, images: Array, labels: Array, p_uncond: ArrayLike,
+             null_label: int, logsnr_min: float = LOGSNR_MIN, logsnr_max: float = LOGSNR_MAX,
+             num_buckets: int = NUM_U_BUCKETS) -> tuple[Array, dict[str, Array]]:
   """L = mean over batch and elements of (ε_θ(α_λ x + σ_λ ε, λ, c') − ε)², c' = ∅ w.p. p_uncond.
 
   `denoise(z, logsnr, labels) -> eps` is the network with its dropout rng already bound.
@@ -70,7 +78,8 @@ def cfg_loss(denoise, *, key, images, labels, p_uncond, null_label,
                          num_buckets=num_buckets)
 
 
-def training_draws(*, key, images, labels, p_uncond, null_label, logsnr_min, logsnr_max):
+def training_draws(*, key: Array, images: Array, labels: Array, p_uncond: ArrayLike, null_label: int,
+                   logsnr_min: float, logsnr_max: float) -> dict[str, Array]:
   """{z, logsnr, labels (some ∅), eps, dropped} of a batch: Algorithm 1's random draws, all from `key`.
 
   Per-example arrays, so a batch's draws can be split into micro-batches (gradient accumulation).
@@ -84,7 +93,8 @@ def training_draws(*, key, images, labels, p_uncond, null_label, logsnr_min, log
   return {'z': z, 'logsnr': logsnr, 'labels': labels, 'eps': eps, 'dropped': dropped}
 
 
-def loss_from_draws(denoise, draws, *, logsnr_min, logsnr_max, num_buckets=NUM_U_BUCKETS):
+def loss_from_draws(denoise: Denoiser, draws: dict[str, Array], *, logsnr_min: float, logsnr_max: float,
+                    num_buckets: int = NUM_U_BUCKETS) -> tuple[Array, dict[str, Array]]:
   """(mean ε-MSE, metrics) of `training_draws` (or a micro-batch of them)."""
   eps = draws['eps']
   eps_hat = denoise(draws['z'], draws['logsnr'], draws['labels']).astype(jnp.float32)
