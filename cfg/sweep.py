@@ -1,8 +1,10 @@
 """Training and sampling sweeps (paper Tables 1 and 2): jobs, their cost, and the combined tables.
 
-A config file may define `sweeps()` → {name: Sweep}. A sweep varies one config field over values:
+A config file may define `sweeps()` → {name: Sweep | Grid}. A Sweep varies one config field over values:
   train=True   each value is its own training run + evaluation (p_uncond, Table 1's columns);
   train=False  the values are sampling settings evaluated on one trained run (T, Table 2's columns).
+A Grid evaluates one trained run at many cells, each a set of sampling settings (sampler × NFE, guidance
+methods, checkpoints: the guided-sampling frontier); its collected table has one row per cell and w.
 Every job is a `launch.py` command with overrides and a workdir named by them, so locally they run
 one after another (`sweep.py`), and on a cluster each command is its own job. Reruns continue:
 training resumes from checkpoints, evaluations from their finished rounds.
@@ -14,7 +16,7 @@ import json
 import os
 import shlex
 import time
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 from cfg import files
 from cfg.errors import MissingInputError
@@ -27,6 +29,24 @@ class Sweep:
   values: Sequence[Any]
   train: bool = True  # False: evaluate one trained run at each value
   base_overrides: tuple = ()  # (field, value) pairs every job of the sweep uses
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+  """Evaluations of one trained run (trained by the first job) at every cell of `cells`, each a tuple of
+  (field, value) pairs: the settings that cell's evaluation changes.
+
+  run: the trained run's folder under the sweep root (default: named by `base_overrides`).
+  seconds_per_image_nfe, seconds_per_train_step: measured costs of this config's model on the machine
+  `cost_source` names, for the dry run's time estimate (None: it prints counts only).
+  """
+  cells: tuple = ()
+  run: str = ''
+  base_overrides: tuple = ()
+  seconds_per_image_nfe: Optional[float] = None
+  seconds_per_train_step: Optional[float] = None
+  cost_source: str = ''
+  train = False  # not a field: a grid never trains a run per cell
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +73,10 @@ def expand(sweep, root, extra_overrides=()):
   go to every job without changing the names.
   """
   base = tuple(sweep.base_overrides)
-  base_name = ','.join(_label(f, v) for f, v in base) or 'base'
+  base_name = getattr(sweep, 'run', '') or ','.join(_label(f, v) for f, v in base) or 'base'
+  if isinstance(sweep, Grid):
+    return [Job(f'{base_name}/' + ','.join(_label(f, v) for f, v in cell), os.path.join(root, base_name),
+                tuple(extra_overrides) + base + tuple(cell), train=False) for cell in sweep.cells]
   jobs = []
   for value in sweep.values:
     overrides = tuple(extra_overrides) + base + ((sweep.field, value),)
@@ -109,6 +132,9 @@ def plan(config, sweep, root, extra_overrides=()):
   for job in expand(sweep, root, extra_overrides):
     job_cfg = job_config(config, job)
     cost = estimate_cost(job_cfg, trains=job.workdir not in trained)
+    if getattr(sweep, 'seconds_per_image_nfe', None) is not None:
+      cost['est_seconds'] = round(cost['image_nfe'] * sweep.seconds_per_image_nfe
+                                  + cost['train_steps'] * (sweep.seconds_per_train_step or 0.0))
     trained.add(job.workdir)
     planned.append((job, job_cfg, cost))
   return planned
@@ -131,12 +157,43 @@ def find_results(workdir, config):
   return max(found, key=lambda r: r['info']['step']) if found else None
 
 
+def collect_grid(config, grid, root, out_dir, extra_overrides=()):
+  """One table of the finished cells of a Grid: a row per cell and w (the cell's settings, w, metrics);
+  results.json holds each cell's rows, info and provenance, and this collection's own."""
+  started = time.time()
+  rows, cells, series = [], {}, {}
+  for job, job_cfg, _ in plan(config, grid, root, extra_overrides):
+    label = job.name.split('/', 1)[1]
+    result = find_results(job.workdir, job_cfg)
+    if result is None:
+      print(f'{job.name}: no results yet', flush=True)
+      continue
+    cells[label] = {'rows': result['rows'], 'info': result['info'], 'provenance': result.get('provenance')}
+    series[label] = result['rows']
+    rows += [{'cell': label, **row} for row in result['rows']]
+  if not rows:
+    raise MissingInputError(f'no finished evaluations under {root}; run the sweep first.')
+  out_dir = files.path(out_dir)
+  columns = ['cell', 'w'] + tables.metric_names(rows)
+  text = tables.markdown_table(rows, columns=columns)
+  files.write_text(out_dir / 'table.md', text + '\n')
+  tables.write_csv(out_dir / 'table.csv', rows, columns)
+  files.write_text(out_dir / 'results.json', json.dumps(
+      {'grid': dataclasses.asdict(grid), 'cells': cells,
+       'provenance': provenance.provenance(wall_seconds=time.time() - started)}, indent=1, default=str))
+  tables.tradeoff_plot(out_dir / 'tradeoff.png', series, title=f'{len(series)} cells')
+  print(text, flush=True)
+  return rows
+
+
 def collect(config, sweep, root, out_dir, extra_overrides=()):
   """Combined table (w × sweep values) and trade-off plot of the finished jobs; returns the rows.
 
   results.json holds the series, each job's evaluation info and provenance (commit, machine, evaluator
   and checkpoint fingerprints, …) as its results.json recorded them, and this collection's own.
   """
+  if isinstance(sweep, Grid):
+    return collect_grid(config, sweep, root, out_dir, extra_overrides)
   started = time.time()
   series, combined, jobs = {}, {}, {}
   for job, job_cfg, _ in plan(config, sweep, root, extra_overrides):
@@ -171,10 +228,17 @@ def collect(config, sweep, root, out_dir, extra_overrides=()):
 
 
 def format_plan(planned, config_path):
+  """Each job's cost and commands, then the totals (and the estimated time where the sweep has costs)."""
   lines = []
   for job, _, cost in planned:
     lines.append(f'# {job.name}  ({", ".join(f"{k}={v:,}" for k, v in cost.items())})')
     if cost['train_steps']:
       lines.append(shlex.join(job.command(config_path, 'train')))
     lines.append(shlex.join(job.command(config_path, 'eval')))
+  totals = {key: sum(cost.get(key, 0) for _, _, cost in planned)
+            for key in ('train_steps', 'image_nfe', 'est_seconds') if any(key in c for _, _, c in planned)}
+  total = ', '.join(f'{k}={v:,}' for k, v in totals.items())
+  if 'est_seconds' in totals:
+    total += f' (≈ {totals["est_seconds"] / 3600:.1f} h)'
+  lines.append(f'# total: {len(planned)} jobs, {total}')
   return '\n'.join(lines)

@@ -10,7 +10,7 @@ import ast
 from ml_collections import config_dict
 
 from cfg.config_checks import ConfigError
-from cfg.sweep import Sweep
+from cfg.sweep import Grid, Sweep
 
 
 def get_config():
@@ -142,12 +142,51 @@ def _add_sampling_and_evaluation(config):
 
 
 def paper_sweeps():
-  """The paper's grids: p_uncond ∈ {0.1, 0.2, 0.5} (Table 1), T ∈ {128, 256, 1024} (Table 2)."""
+  """The paper's grids: p_uncond ∈ {0.1, 0.2, 0.5} (Table 1), T ∈ {128, 256, 1024} (Table 2), and the
+  guided-sampling frontier of one p_uncond = 0.1 run (`frontier_grid`) at the config's own w grid."""
   return {
       'p_uncond': Sweep('diffusion.p_uncond', (0.1, 0.2, 0.5)),
       'num_steps': Sweep('sampling.num_steps', (128, 256, 1024), train=False,
                          base_overrides=(('diffusion.p_uncond', 0.1),)),
+      'frontier': frontier_grid(),
   }
+
+
+# The guidance interval of Kynkäänniemi et al. (EDM2's σ ∈ (0.28, 2.9]) in λ = −2 log σ.
+INTERVAL = (('guidance.logsnr_lo', -2.13), ('guidance.logsnr_hi', 2.55))
+# CFG++ guides with s = 1 + w ∈ [0, 1] (its λ): w ∈ [−1, 0].
+CFGPP_WEIGHTS = (-0.8, -0.6, -0.4, -0.2, 0.0)
+
+
+def frontier_grid(*, base_overrides=(('diffusion.p_uncond', 0.1),), run='frontier', checkpoints=(),
+                  **costs):
+  """Guidance method × sampler × NFE on one trained run (cells of a Grid, each evaluated at the config's
+  guidance.weights; the ODE solvers on EDM's ρ = 7 grid, the ancestral sampler on Algorithm 2's):
+    cfg at every sampler (ancestral v, ddim, dpmpp_2m, heun) × unguided NFE 8, 16, 32, 64;
+    the ancestral sampler at T = 128 and 256 (Table 2's axis);
+    interval, cosine schedule, APG (η = 0, β = −0.5), rescale (φ = 0.7) with ddim and heun at NFE 16,
+    CFG++ with ddim at NFE 16 (its own w ∈ [−1, 0]);
+    cfg with ddim at NFE 16 at each of `checkpoints` (optimal w against training length).
+  Autoguidance needs a second, smaller run; it is not a cell here yet.
+  """
+  methods = [
+      (('guidance.method', 'interval'), *INTERVAL),
+      (('guidance.method', 'schedule'), ('guidance.schedule', 'cosine')),
+      (('guidance.method', 'apg'), ('guidance.apg_eta', 0.0), ('guidance.apg_beta', -0.5)),
+      (('guidance.method', 'rescale'), ('guidance.rescale', 0.7)),
+  ]
+  def solver(sampler, nfe):
+    grid = 'uniform_u' if sampler == 'ancestral' else 'edm'
+    return (('sampling.sampler', sampler), ('sampling.grid', grid), ('sampling.nfe', nfe))
+
+  at_16 = lambda sampler: solver(sampler, 16)
+  cells = [solver(sampler, nfe) for sampler in ('ancestral', 'ddim', 'dpmpp_2m', 'heun')
+           for nfe in (8, 16, 32, 64)]
+  cells += [(('sampling.sampler', 'ancestral'), ('sampling.num_steps', steps)) for steps in (128, 256)]
+  cells += [at_16(sampler) + method for sampler in ('ddim', 'heun') for method in methods]
+  cells += [at_16('ddim') + (('guidance.method', 'cfgpp'), ('guidance.weights', CFGPP_WEIGHTS))]
+  cells += [at_16('ddim') + (('eval.checkpoint_step', step),) for step in checkpoints]
+  return Grid(cells=tuple(cells), base_overrides=tuple(base_overrides), run=run, **costs)
 
 
 def apply_arg(config, arg, presets=None):

@@ -52,3 +52,54 @@ def test_dry_run_prints_the_image_nfe_and_the_commands(tmp_path):
   assert 'nfe_per_image=6, image_nfe=240' in text
   workdir = os.path.join(str(tmp_path), 'diffusion.p_uncond=0.1')
   assert f'--workdir={workdir} --config.mode=eval' in text
+
+
+def test_the_frontier_grids_cover_the_solvers_methods_and_checkpoints(capsys):
+  from cfg.config_checks import check_config
+  from configs import fashion_mnist, imagenet64
+  for module in (fashion_mnist, imagenet64):
+    grid = module.sweeps()['frontier']
+    planned = sweep.plan(module.get_config(), grid, '/runs')
+    assert {job.workdir for job, _, _ in planned} == {os.path.join('/runs', 'frontier')}  # one trained run
+    assert [cost['train_steps'] > 0 for _, _, cost in planned] == [True] + [False] * (len(planned) - 1)
+    cells = [dict(job.overrides) for job, _, _ in planned]
+    for job, config, _ in planned:
+      config.mode = 'eval'
+      check_config(config)  # every cell is a valid evaluation (CFG++ only with DDIM, …)
+    assert {(c['sampling.sampler'], c['sampling.nfe']) for c in cells if 'guidance.method' not in c
+            and 'sampling.nfe' in c and 'eval.checkpoint_step' not in c} == {
+                (s, n) for s in ('ancestral', 'ddim', 'dpmpp_2m', 'heun') for n in (8, 16, 32, 64)}
+    assert {c.get('sampling.num_steps') for c in cells} >= {128, 256}
+    methods = {(c['guidance.method'], c['sampling.sampler']) for c in cells if 'guidance.method' in c}
+    assert methods == {(m, s) for m in ('interval', 'schedule', 'apg', 'rescale') for s in ('ddim', 'heun')} | {
+        ('cfgpp', 'ddim')}
+  capsys.readouterr()
+  fashion = sweep.plan(fashion_mnist.get_config(), fashion_mnist.sweeps()['frontier'], '/runs')
+  assert {c['eval.checkpoint_step'] for c in (dict(j.overrides) for j, _, _ in fashion) if 'eval.checkpoint_step' in c} == {
+      2_500, 5_000, 10_000}
+  # The dry run's total: image-NFE summed over cells, and the time from the measured constants.
+  image_nfe = sum(cost['image_nfe'] for _, _, cost in fashion)
+  seconds = sum(cost['image_nfe'] * 2.3e-3 + cost['train_steps'] * 0.70 for _, _, cost in fashion)
+  last = sweep.format_plan(fashion, 'configs/fashion_mnist.py').splitlines()[-1]
+  assert last.startswith(f'# total: {len(fashion)} jobs, train_steps=10,000, image_nfe={image_nfe:,}')
+  assert abs(int(last.split('est_seconds=')[1].split(' ')[0].replace(',', '')) - seconds) <= len(fashion)
+  pod = sweep.plan(imagenet64.get_config(), imagenet64.sweeps()['frontier'], '/runs')
+  assert 'est_seconds' not in sweep.format_plan(pod, 'configs/imagenet64.py')  # no measured cost there
+
+
+def test_a_grid_runs_and_collects_one_row_per_cell_and_weight(tmp_path):
+  from cfg import evaluate, train
+  from tests.test_evaluate import _eval_config
+  config = _eval_config()
+  config.sampling.update(dict(num_samples=20, batch_size=10))
+  grid = sweep.Grid(cells=((('sampling.sampler', 'ddim'), ('sampling.nfe', 3)),
+                           (('sampling.sampler', 'heun'), ('sampling.grid', 'edm'), ('sampling.nfe', 4))),
+                    run='grid')
+  planned = sweep.plan(config, grid, str(tmp_path))
+  train.train_and_evaluate(planned[0][1], planned[0][0].workdir)
+  results = [evaluate.run(job_config, job.workdir) for job, job_config, _ in planned]
+  rows = sweep.collect(config, grid, str(tmp_path), str(tmp_path / 'table'))
+  assert [(row['cell'], row['w']) for row in rows] == [
+      (job.name.split('/', 1)[1], w) for job, _, _ in planned for w in config.guidance.weights]
+  assert [{k: v for k, v in row.items() if k != 'cell'} for row in rows] == [r for cell in results for r in cell]
+  assert (tmp_path / 'table' / 'table.md').read_text().count('\n') == 2 + len(rows)
