@@ -18,7 +18,7 @@ LAYERS = [
     {'cfg.checkpoints', 'cfg.train_state', 'cfg.trained'},              # what a workdir holds
     {'cfg.evaluation'},                                                 # metrics and their files
     {'cfg.train', 'cfg.sample', 'cfg.evaluate'},                        # the modes
-    {'cfg.sweep', 'cfg.api', 'cfg.cli'},                                # sweeps, the API, the commands
+    {'cfg.sweep', 'cfg.report', 'cfg.api', 'cfg.cli'},                  # sweeps, reports, API, commands
 ]
 MODES = LAYERS[-2]
 

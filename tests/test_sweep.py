@@ -103,3 +103,22 @@ def test_a_grid_runs_and_collects_one_row_per_cell_and_weight(tmp_path):
       (job.name.split('/', 1)[1], w) for job, _, _ in planned for w in config.guidance.weights]
   assert [{k: v for k, v in row.items() if k != 'cell'} for row in rows] == [r for cell in results for r in cell]
   assert (tmp_path / 'table' / 'table.md').read_text().count('\n') == 2 + len(rows)
+
+  # The report from the collection: each cell's best fd_fmnist with its w, interval and FD∞, and the
+  # cell's sampler, grid, T and NFE, as each evaluation's own results.json has them.
+  from cfg import report
+  from cfg.evaluation.tables import format_value
+  collected = tmp_path / 'table' / 'results.json'
+  page = report.write_report(collected, tmp_path / 'report')
+  for job, job_config, _ in planned:
+    evaluation = sweep.find_results(job.workdir, job_config)
+    info, best = evaluation['info'], min(evaluation['rows'], key=lambda row: (row['fd_fmnist'], row['w']))
+    line = (f"| {info['sampler']} | {info['grid']} | {info['num_steps']} | {info['nfe_per_image']} | "
+            f"{format_value(best['w'])} | {format_value(best['fd_fmnist'])} | "
+            f"[{format_value(best['fd_fmnist_lo'])}, {format_value(best['fd_fmnist_hi'])}] | "
+            f"{format_value(best['fd_fmnist_inf'])} |")
+    assert line in page, (line, page)
+  assert (tmp_path / 'report' / 'distance_vs_nfe.png').stat().st_size > 0
+  first = (tmp_path / 'report' / 'report.md').read_bytes()
+  report.write_report(collected, tmp_path / 'report')
+  assert (tmp_path / 'report' / 'report.md').read_bytes() == first  # the same collection, the same page

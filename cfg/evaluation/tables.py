@@ -27,8 +27,8 @@ def _markdown_columns(rows):
 
 def _cell(row, column):
   if column in DISTANCES and f'{column}_lo' in row:
-    return f'{_format(row.get(column))} [{_format(row[f"{column}_lo"])}, {_format(row[f"{column}_hi"])}]'
-  return _format(row.get(column))
+    return f'{format_value(row.get(column))} [{format_value(row[f"{column}_lo"])}, {format_value(row[f"{column}_hi"])}]'
+  return format_value(row.get(column))
 
 
 def markdown_table(rows, *, columns=None):
@@ -42,7 +42,7 @@ def markdown_table(rows, *, columns=None):
   return '\n'.join(lines)
 
 
-def _format(value):
+def format_value(value):
   if value is None:
     return ''
   if isinstance(value, float):
