@@ -26,7 +26,6 @@ from ml_collections import ConfigDict
 
 from cfg import evaluate as evaluation
 from cfg import files, generate, parallel, trained
-from cfg.checkpoints import Checkpoints
 from cfg.config_checks import check_config
 from cfg.errors import MissingInputError
 from cfg.evaluation import adm_io
@@ -42,31 +41,16 @@ __all__ = ['Model', 'Samples', 'load', 'evaluate', 'score', 'config_from_checkpo
 Denoiser = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
 
-def _tuples(value: Any) -> Any:
-  """JSON lists back to the tuples the configs use."""
-  if isinstance(value, list):
-    return tuple(_tuples(v) for v in value)
-  if isinstance(value, dict):
-    return {k: _tuples(v) for k, v in value.items()}
-  return value
-
-
 def config_from_checkpoint(workdir: str, *, step: Optional[int] = None) -> ConfigDict:
   """The config a workdir's checkpoint was trained with (the newest, or `step`), on top of the current
   defaults (fields added since then keep their default values)."""
   from configs import default  # pylint: disable=g-import-not-at-top  (the package's own defaults)
-  directory = files.join(workdir, 'checkpoints')
-  if not directory.is_dir():
+  if not files.join(workdir, 'checkpoints').is_dir():
     raise MissingInputError(f'no checkpoints in {workdir}; train first: '
                             f'python launch.py --config=<config> --workdir={workdir}')
-  checkpoints = Checkpoints(directory, max_to_keep=1)
-  try:
-    step = checkpoints.latest_step() if step is None else step
-    if step is None:
-      raise MissingInputError(f'no checkpoints in {workdir}; train first.')
-    stored = _tuples(checkpoints.restore_config(step))
-  finally:
-    checkpoints.close()
+  step, stored = trained.stored_config(workdir, step=step)
+  if stored is None:
+    raise MissingInputError(f'no checkpoints in {workdir}; train first.')
   config = default.get_config()
   with config.unlocked():
     for section, fields in stored.items():

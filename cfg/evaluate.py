@@ -279,7 +279,6 @@ def run(config, workdir, *, on_round: Optional[Callable[[int], None]] = None):
   sample_fn = make_sample_fn(model, config, mesh)
   batch_size, total = config.sampling.batch_size, config.sampling.num_samples
   num_rounds = -(-total // batch_size)
-  resumed = len(parallel.decided_by_process_zero(lambda: rounds.finished_rounds(directory, num_rounds)))
 
   def make_round(index):
     (ids, labels, images), = generate.sample_batches(
@@ -289,7 +288,7 @@ def run(config, workdir, *, on_round: Optional[Callable[[int], None]] = None):
     print(f'eval round {index + 1}/{num_rounds}: {len(ids)} samples × {len(weights)} weights', flush=True)
     return arrays
 
-  rounds.run_rounds(directory, num_rounds, make_round, on_round=on_round)
+  resumed = len(rounds.run_rounds(directory, num_rounds, make_round, on_round=on_round))
 
   def score_and_write():  # process 0
     parts = rounds.load_rounds(directory, num_rounds)

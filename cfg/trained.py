@@ -31,10 +31,24 @@ def load_ema_params(config, workdir, mesh, *, step=None):
   return model, state.ema_params, int(state.step)
 
 
-def _matching(stored, current):
-  """`stored` (a checkpoint's JSON config section) with lists as tuples where `current` has tuples."""
-  return {k: tuple(v) if isinstance(v, list) and isinstance(current.get(k), tuple) else v
-          for k, v in stored.items() if k in current}
+def _tuples(value):
+  """JSON lists back to the tuples the configs use."""
+  if isinstance(value, list):
+    return tuple(_tuples(v) for v in value)
+  if isinstance(value, dict):
+    return {k: _tuples(v) for k, v in value.items()}
+  return value
+
+
+def stored_config(workdir, *, step=None):
+  """(step, config dict) of the checkpoint at `step` (None: the newest) in `workdir`, JSON lists back as
+  tuples; (None, None) when there is none."""
+  checkpoints = Checkpoints(files.join(workdir, 'checkpoints'), max_to_keep=1)
+  try:
+    step = checkpoints.latest_step() if step is None else step
+    return (None, None) if step is None else (step, _tuples(checkpoints.restore_config(step)))
+  finally:
+    checkpoints.close()
 
 
 def load_guide(config, mesh):
@@ -44,19 +58,16 @@ def load_guide(config, mesh):
   if not workdir or not files.join(workdir, 'checkpoints').is_dir():
     raise ConfigError(f'guidance.method=autoguidance needs a trained guide model: no checkpoints in '
                       f'guidance.guide_workdir={workdir!r}.')
-  checkpoints = Checkpoints(files.join(workdir, 'checkpoints'), max_to_keep=1)
-  step = g.guide_step if g.guide_step is not None else checkpoints.latest_step()
+  step, stored = stored_config(workdir, step=g.guide_step)
   if step is None:
     raise ConfigError(f'no checkpoints in guidance.guide_workdir={workdir!r}; train the guide first.')
-  stored = checkpoints.restore_config(step)
-  checkpoints.close()
   for field in ('name', 'image_size', 'num_classes'):
     if stored['data'][field] != config.data[field]:
       raise ConfigError(
           f'the guide in {workdir} was trained on data.{field}={stored["data"][field]!r}, the main model '
           f'on {config.data[field]!r}: autoguidance needs the same images and classes.')
   guide_config = config.copy_and_resolve_references()
-  guide_config.model.update(_matching(stored['model'], guide_config.model.to_dict()))
+  guide_config.model.update({k: v for k, v in stored['model'].items() if k in guide_config.model})
   guide_model, guide_params, step = load_ema_params(guide_config, workdir, mesh, step=step)
   return guide_model, guide_params, step
 

@@ -58,7 +58,8 @@ def finished_rounds(directory, num_rounds):
 
 def run_rounds(directory, num_rounds, make_round, *, on_round=None):
   """Runs make_round(i) → {name: array} on every process for each round not yet on disk, in order;
-  process 0 writes it. `on_round(i)` is called after round i is safely on disk."""
+  process 0 writes it. `on_round(i)` is called after round i is safely on disk. Returns the rounds that
+  were on disk already (process 0's listing, the same on every process)."""
   done = set(parallel.decided_by_process_zero(lambda: finished_rounds(directory, num_rounds)))
   for index in range(num_rounds):
     if index in done:
@@ -69,6 +70,7 @@ def run_rounds(directory, num_rounds, make_round, *, on_round=None):
     parallel.sync(f'cfg.rounds.{index}')
     if on_round is not None:
       on_round(index)
+  return sorted(done)
 
 
 def load_rounds(directory, num_rounds):
