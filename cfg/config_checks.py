@@ -84,8 +84,26 @@ def check_config(config):
            f'config.model.compute_dtype={m.compute_dtype!r}; use float32 or bfloat16.')
   _require((m.num_heads > 0) != (m.head_channels > 0),
            'set exactly one of config.model.num_heads and config.model.head_channels (the other -1).')
+  _check_widths(config)
   for message in config_warnings(config):
     print(f'warning: {message}', flush=True)
+
+
+def _check_widths(config):
+  """Every level's width (base_channels × channel_mult) splits into the GroupNorm groups and, where the
+  level attends (attn_resolutions, and the middle block at the last level), into whole heads."""
+  m = config.model
+  heads = f'num_heads={m.num_heads}' if m.num_heads > 0 else f'head_channels={m.head_channels}'
+  last = len(m.channel_mult) - 1
+  for level, mult in enumerate(m.channel_mult):
+    width, height = m.base_channels * mult, config.data.image_size // 2 ** level
+    _require(width % m.norm_groups == 0,
+             f'config.model: level {level} has {width} channels (base_channels={m.base_channels} × {mult}), '
+             f'not a multiple of norm_groups={m.norm_groups}; change base_channels or norm_groups.')
+    if height in m.attn_resolutions or level == last:
+      _require(width % (m.num_heads if m.num_heads > 0 else m.head_channels) == 0,
+               f'config.model: level {level} ({height}×{height}) attends over {width} channels, which '
+               f'{heads} does not divide into whole heads; change base_channels or the heads.')
 
 
 def _check_sampling(config):

@@ -6,47 +6,33 @@ Every number on the page is read from the collection (`cfg.sweep.collect_grid`),
 rows, its evaluation info (sampler, T, NFE, method, step, samples, labels) and provenance. The page has no
 time stamp of its own, so the same results.json gives the same page byte for byte.
 
-Sections: the best distance of every cell (its w, 95% interval and FD∞, NFE per image); the best distance
-against NFE per sampler (cfg); guidance methods side by side at equal NFE; the optimal w against the
-training step; and where the numbers came from.
+Sections: the best distance against NFE per sampler (cfg, with its w, 95% interval and FD∞); guidance
+methods side by side at equal NFE; the optimal w against the training step; findings read off those
+tables; the sample grid of every cell at its best w; and where the numbers came from. Plots:
+distance_vs_nfe.png and tradeoff_methods.png (distance against score over w, one line per method).
 """
 
 import argparse
 import io
 import json
-import math
 
 from cfg import files
 from cfg.evaluation import tables
-
-DISTANCE_PREFERENCE = ('fid', 'fd_fmnist', 'fd_dinov2')
-
-
-def distance_name(rows):
-  """The main Fréchet distance of the rows: FID where present, else fd_fmnist, else fd_dinov2."""
-  present = {k for row in rows for k in row}
-  return next(d for d in DISTANCE_PREFERENCE if d in present)
-
-
-def best_row(rows, distance):
-  """The row of the lowest finite distance (ties: the smaller w)."""
-  finite = [row for row in rows if math.isfinite(row[distance])]
-  return min(finite, key=lambda row: (row[distance], row['w']))
-
 
 def cell_summaries(collection):
   """[{cell, sampler, grid, T, nfe, method, step, w*, d, d_lo, d_hi, d_inf}] for every cell, in order."""
   summaries = []
   for label, cell in collection['cells'].items():
     info, rows = cell['info'], cell['rows']
-    distance = distance_name(rows)
-    best = best_row(rows, distance)
+    distance = tables.main_distance(rows)
+    best = tables.best_row(rows, distance)
     summaries.append({
         'cell': label, 'sampler': info['sampler'], 'grid': info.get('grid', 'uniform_u'),
         'T': info['num_steps'], 'nfe': info['nfe_per_image'], 'method': info.get('method', 'cfg'),
         'step': info['step'], 'w*': best['w'], 'distance': distance, 'best': best[distance],
         'lo': best.get(f'{distance}_lo'), 'hi': best.get(f'{distance}_hi'),
-        'inf': best.get(f'{distance}_inf')})
+        'inf': best.get(f'{distance}_inf'), 'samples': cell.get('samples'),
+        'rows': {row['w']: row for row in rows}})
   return summaries
 
 
@@ -106,6 +92,14 @@ def render(collection):
     parts += ['## Optimal w against training', '',
               _table(['sampler', 'NFE', 'step', *score], [_summary_line(s, 'sampler', 'nfe', 'step')
                                                            for s in by_step]), '']
+  parts += ['## Findings', '', *(f'- {line}' for line in findings(summaries)), '']
+  with_samples = [s for s in summaries if s['samples']]
+  if with_samples:
+    parts += ['## Samples at the optimum', '',
+              'The first 100 samples (10 per class, a row per class) of each cell at its best w.', '',
+              _table(['cell', 'step', 'w*', 'samples'],
+                     [[s['cell'], s['step'], tables.format_value(s['w*']), f'![{s["cell"]}]({s["samples"]})']
+                      for s in with_samples]), '']
   commits = sorted({(cell.get('provenance') or {}).get('commit') or 'unknown' for cell in collection['cells'].values()})
   machines = sorted({json.dumps((cell.get('provenance') or {}).get('machine'), sort_keys=True)
                      for cell in collection['cells'].values()})
@@ -114,6 +108,80 @@ def render(collection):
             + '; '.join(machines) + '. Each cell\'s command, wall time and evaluator fingerprints are in the '
             'collected results.json.', '']
   return '\n'.join(parts)
+
+
+def _fmt(s):
+  """'12.3 [11.0, 13.9] (w = 1, NFE 32)': a cell's best distance, its interval, w and NFE."""
+  return f'{tables.format_value(s["best"])} {_interval(s)} (w = {tables.format_value(s["w*"])}, NFE {s["nfe"]})'
+
+
+def _compare(a, b):
+  """Whether a's interval lies wholly below, above or overlaps b's."""
+  if a['lo'] is None or b['lo'] is None:
+    return 'no intervals to compare'
+  if a['hi'] < b['lo']:
+    return 'lower, the 95% intervals disjoint'
+  if a['lo'] > b['hi']:
+    return 'higher, the 95% intervals disjoint'
+  return 'the 95% intervals overlap: no difference at this sample count'
+
+
+def findings(summaries):
+  """The issue's questions answered from the cells present (each line says which cells it read)."""
+  final = max(s['step'] for s in summaries)
+  at_final = [s for s in summaries if s['step'] == final]
+  cfg_cells = [s for s in at_final if s['method'] == 'cfg']
+  lines = []
+  for sampler in sorted({s['sampler'] for s in cfg_cells}):
+    mine = sorted((s for s in cfg_cells if s['sampler'] == sampler), key=lambda s: s['nfe'])
+    if len(mine) < 2:
+      continue
+    top = mine[-1]
+    within = next(s for s in mine if s['best'] <= 1.05 * top['best'])
+    lines.append(f'(a) {sampler}: its largest-NFE cell (T = {top["T"]}) gives {_fmt(top)}; the first NFE within '
+                 f'5% of it is {within["nfe"]} ({_fmt(within)}).')
+  def baseline(s):
+    return next((c for c in cfg_cells if (c['sampler'], c['grid'], c['T']) == (s['sampler'], s['grid'], s['T'])),
+                None)
+  for letter, method in (('b', 'interval'), ('c', 'autoguidance'), ('e', 'apg'), ('e', 'rescale')):
+    for s in (s for s in at_final if s['method'] == method):
+      base = baseline(s)
+      if base is None:
+        continue
+      line = (f'({letter}) {method} with {s["sampler"]} (T = {s["T"]}): {_fmt(s)} against cfg {_fmt(base)}: '
+              f'{_compare(s, base)}')
+      if method == 'interval':
+        line += f'; it saves {base["nfe"] - s["nfe"]} of cfg\'s {base["nfe"]} NFE per image'
+      if letter == 'e':
+        w = max(set(s['rows']) & set(base['rows']))
+        d = s['distance']
+        line += (f'; at the largest w = {tables.format_value(w)}: {tables.format_value(s["rows"][w][d])} '
+                 f'against cfg\'s {tables.format_value(base["rows"][w][d])}')
+      lines.append(line + '.')
+  by_step = {}
+  for s in summaries:
+    if s['method'] == 'cfg':
+      by_step.setdefault((s['sampler'], s['grid'], s['nfe']), {})[s['step']] = s
+  for (sampler, _, nfe), steps in sorted(by_step.items()):
+    if len(steps) > 1:
+      lines.append(f'(d) optimal w of cfg with {sampler} at NFE {nfe} against the training step: '
+                   + ', '.join(f'step {step}: w = {tables.format_value(s["w*"])}' for step, s in sorted(steps.items()))
+                   + '.')
+  return lines or ['No cells answer the questions yet.']
+
+
+def plot_tradeoffs(path, collection):
+  """Distance against score over w, one line per guidance method, at the sampler and NFE where the
+  methods meet (the setting with the most methods at the last step)."""
+  summaries = cell_summaries(collection)
+  final = max(s['step'] for s in summaries)
+  settings = {}
+  for s in summaries:
+    if s['step'] == final:
+      settings.setdefault((s['sampler'], s['grid'], s['T']), []).append(s)
+  (sampler, _, steps), chosen = max(settings.items(), key=lambda item: (len(item[1]), item[0]))
+  series = {s['method']: [s['rows'][w] for w in sorted(s['rows'])] for s in chosen}
+  tables.tradeoff_plot(path, series, title=f'{sampler}, T = {steps}, step {final}')
 
 
 def plot_distance_against_nfe(path, collection):
@@ -140,11 +208,17 @@ def plot_distance_against_nfe(path, collection):
 
 
 def write_report(results, out_dir):
-  """report.md and distance_vs_nfe.png in `out_dir` from a collected Grid's results.json; returns the page."""
+  """report.md, its plots and its sample grids (copied from beside `results`) in `out_dir` from a collected
+  Grid's results.json; returns the page."""
   collection = files.read_json(results)
   page = render(collection)
   files.write_text(files.join(out_dir, 'report.md'), page)
   plot_distance_against_nfe(files.join(out_dir, 'distance_vs_nfe.png'), collection)
+  plot_tradeoffs(files.join(out_dir, 'tradeoff_methods.png'), collection)
+  source, target = files.path(results).parent, files.path(out_dir)
+  for cell in collection['cells'].values():
+    if cell.get('samples') and source / cell['samples'] != target / cell['samples']:
+      files.write_bytes(target / cell['samples'], (source / cell['samples']).read_bytes())
   return page
 
 

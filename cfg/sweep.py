@@ -5,6 +5,8 @@ A config file may define `sweeps()` → {name: Sweep | Grid}. A Sweep varies one
   train=False  the values are sampling settings evaluated on one trained run (T, Table 2's columns).
 A Grid evaluates one trained run at many cells, each a set of sampling settings (sampler × NFE, guidance
 methods, checkpoints: the guided-sampling frontier); its collected table has one row per cell and w.
+A Grid may also train guide runs (autoguidance's smaller, shorter-trained network), each in its own
+workdir under the root, which its cells name with `RunDir(name)`.
 Every job is a `launch.py` command with overrides and a workdir named by them, so locally they run
 one after another (`sweep.py`), and on a cluster each command is its own job. Reruns continue:
 training resumes from checkpoints, evaluations from their finished rounds.
@@ -32,16 +34,29 @@ class Sweep:
 
 
 @dataclasses.dataclass(frozen=True)
+class RunDir:
+  """A cell's value that stands for the workdir of the Grid's guide run `name` under the sweep root
+  (e.g. `('guidance.guide_workdir', RunDir('guide'))`); job names show it as the name alone."""
+  name: str
+
+  def __str__(self):
+    return self.name
+
+
+@dataclasses.dataclass(frozen=True)
 class Grid:
   """Evaluations of one trained run (trained by the first job) at every cell of `cells`, each a tuple of
   (field, value) pairs: the settings that cell's evaluation changes.
 
   run: the trained run's folder under the sweep root (default: named by `base_overrides`).
+  guides: ((name, overrides), …): runs trained (never evaluated) before the cells, in `<root>/<name>`,
+    with `base_overrides` and then their own overrides, e.g. autoguidance's guide network.
   seconds_per_image_nfe, seconds_per_train_step: measured costs of this config's model on the machine
   `cost_source` names, for the dry run's time estimate (None: it prints counts only).
   """
   cells: tuple = ()
   run: str = ''
+  guides: tuple = ()
   base_overrides: tuple = ()
   seconds_per_image_nfe: Optional[float] = None
   seconds_per_train_step: Optional[float] = None
@@ -55,6 +70,7 @@ class Job:
   workdir: str
   overrides: tuple  # (field, value) pairs
   train: bool
+  evaluate: bool = True  # False: a guide run, trained only
 
   def command(self, config_path, mode, python='python'):
     flags = [f'--config={config_path}', f'--workdir={self.workdir}', f'--config.mode={mode}']
@@ -75,8 +91,11 @@ def expand(sweep, root, extra_overrides=()):
   base = tuple(sweep.base_overrides)
   base_name = getattr(sweep, 'run', '') or ','.join(_label(f, v) for f, v in base) or 'base'
   if isinstance(sweep, Grid):
-    return [Job(f'{base_name}/' + ','.join(_label(f, v) for f, v in cell), os.path.join(root, base_name),
-                tuple(extra_overrides) + base + tuple(cell), train=False) for cell in sweep.cells]
+    in_root = lambda cell: tuple((f, os.path.join(root, v.name) if isinstance(v, RunDir) else v) for f, v in cell)
+    guides = [Job(name, os.path.join(root, name), tuple(extra_overrides) + base + tuple(overrides),
+                  train=True, evaluate=False) for name, overrides in sweep.guides]
+    return guides + [Job(f'{base_name}/' + ','.join(_label(f, v) for f, v in cell), os.path.join(root, base_name),
+                         tuple(extra_overrides) + base + in_root(cell), train=False) for cell in sweep.cells]
   jobs = []
   for value in sweep.values:
     overrides = tuple(extra_overrides) + base + ((sweep.field, value),)
@@ -102,7 +121,7 @@ def job_config(config, job):
   return config
 
 
-def estimate_cost(config, *, trains):
+def estimate_cost(config, *, trains, evaluates=True):
   """Training steps and images; the evaluation's samples (num_samples × weights), its grid levels T,
   its NFE per image and its image-NFE = NFE per image × samples.
 
@@ -113,7 +132,7 @@ def estimate_cost(config, *, trains):
   """
   from cfg import generate  # pylint: disable=g-import-not-at-top
   from cfg.config_checks import guidance_weights  # pylint: disable=g-import-not-at-top
-  samples = config.sampling.num_samples * len(guidance_weights(config))
+  samples = config.sampling.num_samples * len(guidance_weights(config)) if evaluates else 0
   nfe = generate.evaluations(config)
   train_steps = config.train.num_steps if trains else 0
   return {
@@ -131,7 +150,7 @@ def plan(config, sweep, root, extra_overrides=()):
   planned, trained = [], set()
   for job in expand(sweep, root, extra_overrides):
     job_cfg = job_config(config, job)
-    cost = estimate_cost(job_cfg, trains=job.workdir not in trained)
+    cost = estimate_cost(job_cfg, trains=job.workdir not in trained, evaluates=job.evaluate)
     if getattr(sweep, 'seconds_per_image_nfe', None) is not None:
       cost['est_seconds'] = round(cost['image_nfe'] * sweep.seconds_per_image_nfe
                                   + cost['train_steps'] * (sweep.seconds_per_train_step or 0.0))
@@ -141,7 +160,12 @@ def plan(config, sweep, root, extra_overrides=()):
 
 
 def find_results(workdir, config):
-  """results.json of the evaluation `config` describes, or None if it has not finished.
+  """results.json of the evaluation `config` describes, or None if it has not finished (`find_evaluation`)."""
+  return find_evaluation(workdir, config)[1]
+
+
+def find_evaluation(workdir, config):
+  """(folder, results.json) of the evaluation `config` describes, or (None, None) if it has not finished.
 
   That is the folder `evaluate.run` writes for this config: same sampler, T, sample count, seed and
   weights, at `eval.checkpoint_step`, or at the newest evaluated checkpoint when that is None. Other
@@ -152,28 +176,36 @@ def find_results(workdir, config):
   rest = evaluation_tag(config, 0, guidance_weights(config)).split('_', 1)[1]  # the tag after its step
   step = '*' if config.eval.checkpoint_step is None else config.eval.checkpoint_step
   evaluations = files.join(workdir, 'eval')
-  found = ([files.read_json(path) for path in evaluations.glob(f'step{step}_{glob.escape(rest)}/results.json')]
+  found = ([(path.parent, files.read_json(path))
+            for path in evaluations.glob(f'step{step}_{glob.escape(rest)}/results.json')]
            if evaluations.is_dir() else [])
-  return max(found, key=lambda r: r['info']['step']) if found else None
+  return max(found, key=lambda found: found[1]['info']['step']) if found else (None, None)
 
 
 def collect_grid(config, grid, root, out_dir, extra_overrides=()):
   """One table of the finished cells of a Grid: a row per cell and w (the cell's settings, w, metrics);
-  results.json holds each cell's rows, info and provenance, and this collection's own."""
+  results.json holds each cell's rows, info and provenance, and this collection's own; samples/ holds
+  each cell's sample grid at its best w (lowest main distance), named in results.json."""
   started = time.time()
+  out_dir = files.path(out_dir)
   rows, cells, series = [], {}, {}
-  for job, job_cfg, _ in plan(config, grid, root, extra_overrides):
+  evaluated = [(job, job_cfg) for job, job_cfg, _ in plan(config, grid, root, extra_overrides) if job.evaluate]
+  for index, (job, job_cfg) in enumerate(evaluated):
     label = job.name.split('/', 1)[1]
-    result = find_results(job.workdir, job_cfg)
+    folder, result = find_evaluation(job.workdir, job_cfg)
     if result is None:
       print(f'{job.name}: no results yet', flush=True)
       continue
     cells[label] = {'rows': result['rows'], 'info': result['info'], 'provenance': result.get('provenance')}
+    w = tables.best_row(result['rows'], tables.main_distance(result['rows']))['w']
+    grid_png = folder / f'samples_w{w:g}.png'
+    if grid_png.exists():
+      cells[label]['samples'] = f'samples/cell{index:02d}_w{w:g}.png'
+      files.write_bytes(out_dir / cells[label]['samples'], grid_png.read_bytes())
     series[label] = result['rows']
     rows += [{'cell': label, **row} for row in result['rows']]
   if not rows:
     raise MissingInputError(f'no finished evaluations under {root}; run the sweep first.')
-  out_dir = files.path(out_dir)
   columns = ['cell', 'w'] + tables.metric_names(rows)
   text = tables.markdown_table(rows, columns=columns)
   files.write_text(out_dir / 'table.md', text + '\n')
@@ -227,6 +259,17 @@ def collect(config, sweep, root, out_dir, extra_overrides=()):
   return rows
 
 
+def commands(planned, config_path, python='python'):
+  """[(job, mode, command)] in run order: each workdir is trained by its first job, then every job that
+  evaluates is evaluated (a guide run is only trained)."""
+  ordered, trained = [], set()
+  for job, _, _ in planned:
+    modes = (['train'] if job.workdir not in trained else []) + (['eval'] if job.evaluate else [])
+    trained.add(job.workdir)
+    ordered += [(job, mode, job.command(config_path, mode, python=python)) for mode in modes]
+  return ordered
+
+
 def format_plan(planned, config_path):
   """Each job's cost and commands, then the totals (and the estimated time where the sweep has costs)."""
   lines = []
@@ -234,7 +277,8 @@ def format_plan(planned, config_path):
     lines.append(f'# {job.name}  ({", ".join(f"{k}={v:,}" for k, v in cost.items())})')
     if cost['train_steps']:
       lines.append(shlex.join(job.command(config_path, 'train')))
-    lines.append(shlex.join(job.command(config_path, 'eval')))
+    if job.evaluate:
+      lines.append(shlex.join(job.command(config_path, 'eval')))
   totals = {key: sum(cost.get(key, 0) for _, _, cost in planned)
             for key in ('train_steps', 'image_nfe', 'est_seconds') if any(key in c for _, _, c in planned)}
   total = ', '.join(f'{k}={v:,}' for k, v in totals.items())

@@ -10,7 +10,7 @@ import ast
 from ml_collections import config_dict
 
 from cfg.config_checks import ConfigError
-from cfg.sweep import Grid, Sweep
+from cfg.sweep import Grid, RunDir, Sweep
 
 
 def get_config():
@@ -141,14 +141,15 @@ def _add_sampling_and_evaluation(config):
   ))
 
 
-def paper_sweeps():
+def paper_sweeps(guide=()):
   """The paper's grids: p_uncond ∈ {0.1, 0.2, 0.5} (Table 1), T ∈ {128, 256, 1024} (Table 2), and the
-  guided-sampling frontier of one p_uncond = 0.1 run (`frontier_grid`) at the config's own w grid."""
+  guided-sampling frontier of one p_uncond = 0.1 run (`frontier_grid`, with autoguidance's guide run
+  `guide`) at the config's own w grid."""
   return {
       'p_uncond': Sweep('diffusion.p_uncond', (0.1, 0.2, 0.5)),
       'num_steps': Sweep('sampling.num_steps', (128, 256, 1024), train=False,
                          base_overrides=(('diffusion.p_uncond', 0.1),)),
-      'frontier': frontier_grid(),
+      'frontier': frontier_grid(guide=guide),
   }
 
 
@@ -159,15 +160,16 @@ CFGPP_WEIGHTS = (-0.8, -0.6, -0.4, -0.2, 0.0)
 
 
 def frontier_grid(*, base_overrides=(('diffusion.p_uncond', 0.1),), run='frontier', checkpoints=(),
-                  **costs):
+                  guide=(), **costs):
   """Guidance method × sampler × NFE on one trained run (cells of a Grid, each evaluated at the config's
   guidance.weights; the ODE solvers on EDM's ρ = 7 grid, the ancestral sampler on Algorithm 2's):
     cfg at every sampler (ancestral v, ddim, dpmpp_2m, heun) × unguided NFE 8, 16, 32, 64;
     the ancestral sampler at T = 128 and 256 (Table 2's axis);
     interval, cosine schedule, APG (η = 0, β = −0.5), rescale (φ = 0.7) with ddim and heun at NFE 16,
     CFG++ with ddim at NFE 16 (its own w ∈ [−1, 0]);
-    cfg with ddim at NFE 16 at each of `checkpoints` (optimal w against training length).
-  Autoguidance needs a second, smaller run; it is not a cell here yet.
+    cfg with ddim at NFE 16 at each of `checkpoints` (optimal w against training length);
+    autoguidance with ddim and heun at NFE 16, guided by the run `guide` (overrides of base_overrides:
+    Karras et al. 2024's smaller, shorter-trained network), trained first in <root>/guide; none if empty.
   """
   methods = [
       (('guidance.method', 'interval'), *INTERVAL),
@@ -186,7 +188,11 @@ def frontier_grid(*, base_overrides=(('diffusion.p_uncond', 0.1),), run='frontie
   cells += [at_16(sampler) + method for sampler in ('ddim', 'heun') for method in methods]
   cells += [at_16('ddim') + (('guidance.method', 'cfgpp'), ('guidance.weights', CFGPP_WEIGHTS))]
   cells += [at_16('ddim') + (('eval.checkpoint_step', step),) for step in checkpoints]
-  return Grid(cells=tuple(cells), base_overrides=tuple(base_overrides), run=run, **costs)
+  guides = (('guide', tuple(guide)),) if guide else ()
+  if guide:
+    cells += [at_16(sampler) + (('guidance.method', 'autoguidance'), ('guidance.guide_workdir', RunDir('guide')))
+              for sampler in ('ddim', 'heun')]
+  return Grid(cells=tuple(cells), base_overrides=tuple(base_overrides), run=run, guides=guides, **costs)
 
 
 def apply_arg(config, arg, presets=None):

@@ -141,3 +141,15 @@ def test_bad_evaluation_fields_get_one_message(field, value, message):
   config.update_from_flattened_dict({field: value})
   with pytest.raises(ConfigError, match=re.escape(message)):
     check_config(config)
+
+
+@pytest.mark.parametrize('arg, message', [
+    ('model.base_channels=12', 'level 0 has 12 channels (base_channels=12 × 1), not a multiple of norm_groups=8'),
+    # imagenet64's 96-channel guide would attend over 288 channels at 16×16: 4.5 heads of 64.
+    ('model.base_channels=96,model.norm_groups=32',
+     'level 2 (16×16) attends over 288 channels, which head_channels=64 does not divide into whole heads'),
+])
+def test_model_widths_that_do_not_split_into_groups_or_heads_get_one_message(arg, message):
+  config = fashion_mnist.get_config(arg) if '96' not in arg else imagenet64.get_config(arg)
+  with pytest.raises(ConfigError, match=re.escape(message)):
+    check_config(config)

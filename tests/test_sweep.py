@@ -1,5 +1,6 @@
 """Tests of cfg/sweep.py's cost estimate: the exact NFE per image of each job's sampler, method and grid."""
 
+import json
 import os
 
 from cfg import sweep
@@ -55,24 +56,37 @@ def test_dry_run_prints_the_image_nfe_and_the_commands(tmp_path):
 
 
 def test_the_frontier_grids_cover_the_solvers_methods_and_checkpoints(capsys):
+  from cfg import build
   from cfg.config_checks import check_config
   from configs import fashion_mnist, imagenet64
   for module in (fashion_mnist, imagenet64):
     grid = module.sweeps()['frontier']
     planned = sweep.plan(module.get_config(), grid, '/runs')
+    # First the guide run (trained only), then the evaluated run (trained by its first cell).
+    (guide, guide_config, guide_cost), *planned = planned
+    assert (guide.workdir, guide.train, guide.evaluate) == (os.path.join('/runs', 'guide'), True, False)
+    assert guide_cost['image_nfe'] == 0 and guide_cost['train_steps'] == guide_config.train.num_steps
+    main_config = planned[0][1]
+    assert guide_config.train.num_steps * 4 == main_config.train.num_steps  # shorter-trained and smaller
+    assert guide_config.model.base_channels < main_config.model.base_channels
+    build.model_from_config(guide_config)  # the smaller width is a valid model (heads, groups)
+    guide_config.mode = 'train'
+    check_config(guide_config)
     assert {job.workdir for job, _, _ in planned} == {os.path.join('/runs', 'frontier')}  # one trained run
     assert [cost['train_steps'] > 0 for _, _, cost in planned] == [True] + [False] * (len(planned) - 1)
     cells = [dict(job.overrides) for job, _, _ in planned]
     for job, config, _ in planned:
       config.mode = 'eval'
       check_config(config)  # every cell is a valid evaluation (CFG++ only with DDIM, …)
+    guided_by = {c['guidance.guide_workdir'] for c in cells if c.get('guidance.method') == 'autoguidance'}
+    assert guided_by == {guide.workdir}
     assert {(c['sampling.sampler'], c['sampling.nfe']) for c in cells if 'guidance.method' not in c
             and 'sampling.nfe' in c and 'eval.checkpoint_step' not in c} == {
                 (s, n) for s in ('ancestral', 'ddim', 'dpmpp_2m', 'heun') for n in (8, 16, 32, 64)}
     assert {c.get('sampling.num_steps') for c in cells} >= {128, 256}
     methods = {(c['guidance.method'], c['sampling.sampler']) for c in cells if 'guidance.method' in c}
-    assert methods == {(m, s) for m in ('interval', 'schedule', 'apg', 'rescale') for s in ('ddim', 'heun')} | {
-        ('cfgpp', 'ddim')}
+    assert methods == {(m, s) for m in ('interval', 'schedule', 'apg', 'rescale', 'autoguidance')
+                       for s in ('ddim', 'heun')} | {('cfgpp', 'ddim')}
   capsys.readouterr()
   fashion = sweep.plan(fashion_mnist.get_config(), fashion_mnist.sweeps()['frontier'], '/runs')
   assert {c['eval.checkpoint_step'] for c in (dict(j.overrides) for j, _, _ in fashion) if 'eval.checkpoint_step' in c} == {
@@ -80,8 +94,15 @@ def test_the_frontier_grids_cover_the_solvers_methods_and_checkpoints(capsys):
   # The dry run's total: image-NFE summed over cells, and the time from the measured constants.
   image_nfe = sum(cost['image_nfe'] for _, _, cost in fashion)
   seconds = sum(cost['image_nfe'] * 2.3e-3 + cost['train_steps'] * 0.70 for _, _, cost in fashion)
-  last = sweep.format_plan(fashion, 'configs/fashion_mnist.py').splitlines()[-1]
-  assert last.startswith(f'# total: {len(fashion)} jobs, train_steps=10,000, image_nfe={image_nfe:,}')
+  text = sweep.format_plan(fashion, 'configs/fashion_mnist.py')
+  last = text.splitlines()[-1]
+  assert last.startswith(f'# total: {len(fashion)} jobs, train_steps=12,500, image_nfe={image_nfe:,}')
+  guide_lines = text.split('\n# ')[0].splitlines()  # the guide run: its train command, no evaluation
+  assert len(guide_lines) == 2 and '--config.mode=train' in guide_lines[1]
+  # What sweep.py runs: the guide trained, the run trained by its first cell, then every cell evaluated.
+  ran = [(job.workdir, mode) for job, mode, _ in sweep.commands(fashion, 'configs/fashion_mnist.py')]
+  assert ran == [('/runs/guide', 'train'), ('/runs/frontier', 'train')] + [('/runs/frontier', 'eval')] * (
+      len(fashion) - 1)
   assert abs(int(last.split('est_seconds=')[1].split(' ')[0].replace(',', '')) - seconds) <= len(fashion)
   pod = sweep.plan(imagenet64.get_config(), imagenet64.sweeps()['frontier'], '/runs')
   assert 'est_seconds' not in sweep.format_plan(pod, 'configs/imagenet64.py')  # no measured cost there
@@ -92,8 +113,10 @@ def test_a_grid_runs_and_collects_one_row_per_cell_and_weight(tmp_path):
   from tests.test_evaluate import _eval_config
   config = _eval_config()
   config.sampling.update(dict(num_samples=20, batch_size=10))
-  grid = sweep.Grid(cells=((('sampling.sampler', 'ddim'), ('sampling.nfe', 3)),
-                           (('sampling.sampler', 'heun'), ('sampling.grid', 'edm'), ('sampling.nfe', 4))),
+  from configs.default import INTERVAL
+  ddim = (('sampling.sampler', 'ddim'), ('sampling.nfe', 3))
+  grid = sweep.Grid(cells=(ddim, (('sampling.sampler', 'heun'), ('sampling.grid', 'edm'), ('sampling.nfe', 4)),
+                           ddim + (('guidance.method', 'interval'), *INTERVAL)),
                     run='grid')
   planned = sweep.plan(config, grid, str(tmp_path))
   train.train_and_evaluate(planned[0][1], planned[0][0].workdir)
@@ -110,7 +133,7 @@ def test_a_grid_runs_and_collects_one_row_per_cell_and_weight(tmp_path):
   from cfg.evaluation.tables import format_value
   collected = tmp_path / 'table' / 'results.json'
   page = report.write_report(collected, tmp_path / 'report')
-  for job, job_config, _ in planned:
+  for job, job_config, _ in planned[:2]:  # the cfg cells; the interval is in the methods' table
     evaluation = sweep.find_results(job.workdir, job_config)
     info, best = evaluation['info'], min(evaluation['rows'], key=lambda row: (row['fd_fmnist'], row['w']))
     line = (f"| {info['sampler']} | {info['grid']} | {info['num_steps']} | {info['nfe_per_image']} | "
@@ -119,6 +142,22 @@ def test_a_grid_runs_and_collects_one_row_per_cell_and_weight(tmp_path):
             f"{format_value(best['fd_fmnist_inf'])} |")
     assert line in page, (line, page)
   assert (tmp_path / 'report' / 'distance_vs_nfe.png').stat().st_size > 0
+  assert (tmp_path / 'report' / 'tradeoff_methods.png').stat().st_size > 0
+  # Each cell's sample grid at its best w, the evaluation's own PNG, copied beside the page and shown on it.
+  collection = json.loads(collected.read_text())
+  for job, job_config, _ in planned:
+    folder, evaluation = sweep.find_evaluation(job.workdir, job_config)
+    best = min(evaluation['rows'], key=lambda row: (row['fd_fmnist'], row['w']))
+    cell = collection['cells'][job.name.split('/', 1)[1]]
+    assert cell['samples'].endswith(f"_w{best['w']:g}.png")
+    assert (tmp_path / 'report' / cell['samples']).read_bytes() == (folder / f"samples_w{best['w']:g}.png").read_bytes()
+    assert f"]({cell['samples']}) |" in page
+  # Finding (b): the interval against cfg at the same sampler and T, with the NFE it saves.
+  summaries = {s['cell']: s for s in report.cell_summaries(collection)}
+  interval, cfg = summaries[planned[2][0].name.split('/', 1)[1]], summaries[planned[0][0].name.split('/', 1)[1]]
+  assert interval['nfe'] < cfg['nfe']
+  assert (f"- (b) interval with ddim (T = {cfg['T']}): {report._fmt(interval)} against cfg {report._fmt(cfg)}: "
+          f"{report._compare(interval, cfg)}; it saves {cfg['nfe'] - interval['nfe']} of cfg's {cfg['nfe']} NFE") in page
   first = (tmp_path / 'report' / 'report.md').read_bytes()
   report.write_report(collected, tmp_path / 'report')
   assert (tmp_path / 'report' / 'report.md').read_bytes() == first  # the same collection, the same page

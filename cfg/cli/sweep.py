@@ -44,13 +44,9 @@ def main(_):
     print(sweeps_lib.format_plan(planned, config_path))
     return
   if not _COLLECT.value:
-    done = set()
-    for job, _, cost in planned:
-      modes = ['train', 'eval'] if job.workdir not in done else ['eval']
-      done.add(job.workdir)
-      for mode in modes:
-        print(f'== {job.name}: {mode}', flush=True)
-        subprocess.run(job.command(config_path, mode, python=sys.executable), check=True)
+    for job, mode, command in sweeps_lib.commands(planned, config_path, python=sys.executable):
+      print(f'== {job.name}: {mode}', flush=True)
+      subprocess.run(command, check=True)
   sweeps_lib.collect(_CONFIG.value, sweep, _ROOT.value, _OUT.value or f'{_ROOT.value}/{_SWEEP.value}',
                      command_line)
 

@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+import math
 
 from cfg import files
 
@@ -12,6 +13,18 @@ _WITH_INTERVALS = tuple(f'{d}{suffix}' for d in DISTANCES for suffix in ('', '_l
 METRIC_ORDER = _WITH_INTERVALS[:8] + ('sfid',) + _WITH_INTERVALS[8:] + (
     'is', 'is_fmnist', 'precision', 'recall', 'precision_k5', 'recall_k5', 'density', 'coverage',
     'class_accuracy')
+
+
+def main_distance(rows):
+  """The main Fréchet distance of the rows: FID where present, else fd_fmnist, else fd_dinov2."""
+  present = {k for row in rows for k in row}
+  return next(d for d in DISTANCES if d in present)
+
+
+def best_row(rows, distance):
+  """The row of the lowest finite distance (ties: the smaller w)."""
+  finite = [row for row in rows if math.isfinite(row[distance])]
+  return min(finite, key=lambda row: (row[distance], row['w']))
 
 
 def metric_names(rows):
