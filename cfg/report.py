@@ -36,6 +36,15 @@ def cell_summaries(collection):
   return summaries
 
 
+def cfg_by_setting(summaries):
+  """{(sampler, grid, NFE): {step: summary}}: the cfg cells of one setting at each training step."""
+  by_setting = {}
+  for s in summaries:
+    if s['method'] == 'cfg':
+      by_setting.setdefault((s['sampler'], s['grid'], s['nfe']), {})[s['step']] = s
+  return by_setting
+
+
 def _interval(s):
   return '' if s['lo'] is None else f'[{tables.format_value(s["lo"])}, {tables.format_value(s["hi"])}]'
 
@@ -62,10 +71,7 @@ def render(collection):
   methods = sorted((s for s in at_final if s['method'] != 'cfg'), key=lambda s: (s['nfe'], s['sampler'], s['method']))
   equal_nfe = {(s['sampler'], s['nfe']) for s in methods}
   baselines = [s for s in cfg_cells if (s['sampler'], s['nfe']) in equal_nfe]
-  by_setting = {}  # cfg cells of one sampler, grid and NFE at several training steps
-  for s in summaries:
-    if s['method'] == 'cfg':
-      by_setting.setdefault((s['sampler'], s['grid'], s['nfe']), {})[s['step']] = s
+  by_setting = cfg_by_setting(summaries)
   by_step = [s for key in sorted(by_setting) if len(by_setting[key]) > 1
              for _, s in sorted(by_setting[key].items())]
   first = next(iter(collection['cells'].values()))
@@ -158,11 +164,7 @@ def findings(summaries):
         line += (f'; at the largest w = {tables.format_value(w)}: {tables.format_value(s["rows"][w][d])} '
                  f'against cfg\'s {tables.format_value(base["rows"][w][d])}')
       lines.append(line + '.')
-  by_step = {}
-  for s in summaries:
-    if s['method'] == 'cfg':
-      by_step.setdefault((s['sampler'], s['grid'], s['nfe']), {})[s['step']] = s
-  for (sampler, _, nfe), steps in sorted(by_step.items()):
+  for (sampler, _, nfe), steps in sorted(cfg_by_setting(summaries).items()):
     if len(steps) > 1:
       lines.append(f'(d) optimal w of cfg with {sampler} at NFE {nfe} against the training step: '
                    + ', '.join(f'step {step}: w = {tables.format_value(s["w*"])}' for step, s in sorted(steps.items()))
