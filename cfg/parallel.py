@@ -5,12 +5,15 @@ This is what `pmap` did, written as `jax.jit` with explicit shardings; the same 
 one CPU, 8 forced CPU devices, a GPU node or a TPU slice.
 """
 
+import itertools
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+from orbax.checkpoint import multihost
 
 from cfg.errors import USER_ERRORS, ProcessZeroUserError
 
@@ -46,7 +49,48 @@ def data_mesh(devices=None):
   (`devices`: an explicit order instead). Nothing may assume that a process's devices are adjacent in it:
   whatever rows a process gives `global_batch`, they land on its own devices."""
   devices = jax.devices() if devices is None else list(devices)
-  return jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(AxisType.Auto,), devices=devices)
+  mesh = jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(AxisType.Auto,), devices=devices)
+  open_collectives(mesh)
+  return mesh
+
+
+# Barriers wait this long for the slowest process (one may be compiling, restoring or writing files).
+BARRIER_TIMEOUT_S = 3600
+_barrier_count = itertools.count()
+_open_groups = set()
+
+
+def sync(name, timeout_s=BARRIER_TIMEOUT_S):
+  """All processes wait here for all the others (after process 0 wrote something they must see); a no-op
+  with one. The coordination service's barrier, not a device program, so no collective's timeout
+  applies. Processes pass the same barriers in the same order."""
+  if jax.process_count() > 1:
+    multihost.get_barrier_sync_fn()(key=f'cfg.{next(_barrier_count)}.{name}', timeout_ms=timeout_s * 1000)
+
+
+def open_collectives(mesh):
+  """Sets up the cross-process communicators of `mesh` and of jax.devices() (the order of
+  multihost_utils and orbax) now, with every process arriving together.
+
+  On CPU the processes talk through gloo, which sets up a device group's communicator on its first
+  collective and gives up when a peer has not arrived within 30 seconds (a fixed limit of XLA's): a
+  process still compiling a large program, or process 0 still writing files, is that late. Once set
+  up, a communicator's collectives wait for a late peer (tests/test_multihost.py has one 35 s late).
+  Other platforms set theirs up without that limit.
+  """
+  if jax.process_count() == 1 or mesh.devices.flat[0].platform != 'cpu':
+    return
+  for devices in (list(mesh.devices.flat), jax.devices()):
+    group = tuple(d.id for d in devices)
+    if group in _open_groups:
+      continue
+    group_mesh = jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(AxisType.Auto,), devices=devices)
+    here = sum(d.process_index == jax.process_index() for d in devices)
+    ones = jax.make_array_from_process_local_data(batch_sharded(group_mesh), np.ones(here, np.float32))
+    sync('open_collectives')
+    total = jax.jit(jnp.sum, out_shardings=replicated(group_mesh))(ones)  # an all-reduce over the group
+    assert int(total.addressable_data(0)) == len(devices), (total, group)
+    _open_groups.add(group)
 
 
 def replicated(mesh):
@@ -85,12 +129,6 @@ def is_writer():
   return jax.process_index() == 0
 
 
-def sync(name):
-  """All processes wait here (after process 0 wrote something they must see); a no-op with one."""
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices(name)
-
-
 class ProcessZeroError(Exception):
   """What process 0 raised while deciding, re-raised on the other processes (the message is its)."""
 
@@ -111,6 +149,7 @@ def decided_by_process_zero(decide):
     except Exception as e:  # pylint: disable=broad-except  (re-raised below, after the others know)
       error, payload = e, {'error': f'{type(e).__name__}: {e}', 'user': isinstance(e, USER_ERRORS)}
   encoded = np.frombuffer(json.dumps(payload, default=float).encode(), np.uint8)
+  sync('decided_by_process_zero')  # process 0 may have decided for minutes
   length = int(multihost_utils.broadcast_one_to_all(np.int32(encoded.size)))
   buffer = np.zeros(length, np.uint8)
   if jax.process_index() == 0:

@@ -1,10 +1,12 @@
 """Run by tests/test_multihost.py in each of two processes: guided samples of a fixed random smoke model on
 a mesh whose device order alternates between the processes; process 0 saves (ids, labels, images).
+Process 1 starts sampling LATE_S seconds after process 0 (as when it compiles more slowly).
 
-python -m tests.sample_on_mesh PORT PROCESS_ID OUT.npz
+python -m tests.sample_on_mesh PORT PROCESS_ID OUT.npz LATE_S
 """
 
 import sys
+import time
 
 import jax
 import numpy as np
@@ -29,11 +31,13 @@ def smoke_samples(mesh, num_samples=8):
 
 def main(argv):
   from cfg import parallel
-  port, process_id, out = int(argv[1]), int(argv[2]), argv[3]
+  port, process_id, out, late_s = int(argv[1]), int(argv[2]), argv[3], float(argv[4])
   jax.distributed.initialize(coordinator_address=f'127.0.0.1:{port}', num_processes=2, process_id=process_id)
   by_process = [[d for d in jax.devices() if d.process_index == p] for p in range(2)]
   mesh = parallel.data_mesh([d for pair in zip(*by_process) for d in pair])  # p0, p1, p0, p1
   assert [d.process_index for d in mesh.devices.flat] == [0, 1, 0, 1]
+  if process_id == 1:
+    time.sleep(late_s)
   ids, labels, images = smoke_samples(mesh)
   if jax.process_index() == 0:
     np.savez(out, ids=ids, labels=labels, images=images)

@@ -198,10 +198,12 @@ def test_samples_do_not_depend_on_the_device_count(runs, tmp_path):
 
 
 def test_labels_stay_with_their_images_on_a_mesh_not_grouped_by_process(tmp_path):
-  """Devices ordered p0, p1, p0, p1: a process's rows land on its devices, not on rows p·L … (p + 1)·L."""
+  """Devices ordered p0, p1, p0, p1: a process's rows land on its devices, not on rows p·L … (p + 1)·L.
+  Process 1 enters the sampler 35 s after process 0: longer than gloo waits for a peer when it sets up a
+  communicator on the first collective, so this also checks that data_mesh set them up beforehand."""
   port, out = _free_port(), str(tmp_path / 'two.npz')
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
-  hosts = [subprocess.Popen([sys.executable, '-m', 'tests.sample_on_mesh', str(port), str(i), out], cwd=ROOT,
+  hosts = [subprocess.Popen([sys.executable, '-m', 'tests.sample_on_mesh', str(port), str(i), out, '35'], cwd=ROOT,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
   for host in hosts:
     _finish(host)
