@@ -136,6 +136,8 @@ def _check_evaluation(config):
   _require(e.bootstrap_resamples >= 10,
            f'config.eval.bootstrap_resamples={e.bootstrap_resamples} must be at least 10 (the 95% interval '
            'comes from the resamples\' 2.5% and 97.5% quantiles; 200 is the default).')
+  _require(isinstance(e.refine, int) and e.refine >= 0,
+           f'config.eval.refine={e.refine!r} must be a whole number of refinement passes, 0 or more.')
 
 
 def _check_guidance(config, weights):

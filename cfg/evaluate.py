@@ -262,8 +262,35 @@ def checkpoint_fingerprint(params, step):
   return {'step': step, 'ema_params_sha256': provenance.json_fingerprint(checksums(params))}
 
 
+def refined_weights(weights, distances):
+  """The midpoints between the weight of the lowest distance and its neighbours among `weights` (one
+  side at the grid's edge), leaving out any already there: the next pass of eval.refine."""
+  order = sorted(range(len(weights)), key=lambda i: weights[i])
+  ws = [weights[i] for i in order]
+  best = min(range(len(ws)), key=lambda i: (distances[order[i]], ws[i]))
+  sides = [ws[j] for j in (best - 1, best + 1) if 0 <= j < len(ws)]
+  return [m for m in (round((ws[best] + w) / 2, 10) for w in sides) if m not in ws]
+
+
+def _pass_arrays(directory, num_rounds):
+  """A pass's rounds on disk as [K, N, …] arrays per name (ids and labels [N])."""
+  parts = rounds.load_rounds(directory, num_rounds)
+  return {k: np.concatenate(v, axis=0 if k in ('ids', 'labels') else 1) for k, v in parts.items()}
+
+
+def _main_distances(space, arrays):
+  """The main space's Fréchet distance at each weight of a pass (no interval): what refinement ranks."""
+  return [metrics.frechet_distance_to_reference(features=f, mu_ref=space.reference['mu'],
+                                                sigma_ref=space.reference['sigma']) for f in arrays['features']]
+
+
 def run(config, workdir, *, on_round: Optional[Callable[[int], None]] = None):
-  """Evaluates the checkpoint at every guidance weight; returns the list of result rows."""
+  """Evaluates the checkpoint at every guidance weight, then (eval.refine > 0) at the midpoints around
+  the best one, pass after pass; returns the result rows of all weights, in order of w.
+
+  Every pass samples the same examples with the same noise. A pass is a folder of rounds (the first is
+  the evaluation's own folder, pass k its refine<k>/), so a killed evaluation resumes in any pass.
+  """
   started = time.time()
   mesh = parallel.data_mesh()
   model, params, step = load_ema_params(config, workdir, mesh, step=config.eval.checkpoint_step)
@@ -272,32 +299,56 @@ def run(config, workdir, *, on_round: Optional[Callable[[int], None]] = None):
   evaluators = {space.name: space.fingerprint for space in spaces}
   checkpoint = checkpoint_fingerprint(params, step)
   directory = files.join(workdir, 'eval', evaluation_tag(config, step, weights))
-  rounds.open_rounds(directory, {'weights': weights, 'step': step,
-                                 'sampling': config.sampling.to_dict(), 'feature_space': spaces[0].name,
-                                 'evaluators': evaluators, 'checkpoint': checkpoint})
   print(generate.describe_evaluations(config), flush=True)
   sample_fn = make_sample_fn(model, config, mesh)
   batch_size, total = config.sampling.batch_size, config.sampling.num_samples
   num_rounds = -(-total // batch_size)
 
-  def make_round(index):
-    (ids, labels, images), = generate.sample_batches(
-        sample_fn, params, mesh=mesh, config=config, weights=weights,
-        num_samples=min(total, (index + 1) * batch_size), first=index * batch_size)
-    arrays = {'ids': ids, 'labels': labels, 'images': images, **score_images(spaces, images)}
-    print(f'eval round {index + 1}/{num_rounds}: {len(ids)} samples × {len(weights)} weights', flush=True)
-    return arrays
+  def evaluate_pass(folder, pass_weights):
+    rounds.open_rounds(folder, {'weights': pass_weights, 'step': step,
+                                'sampling': config.sampling.to_dict(), 'feature_space': spaces[0].name,
+                                'evaluators': evaluators, 'checkpoint': checkpoint})
 
-  resumed = len(rounds.run_rounds(directory, num_rounds, make_round, on_round=on_round))
+    def make_round(index):
+      (ids, labels, images), = generate.sample_batches(
+          sample_fn, params, mesh=mesh, config=config, weights=pass_weights,
+          num_samples=min(total, (index + 1) * batch_size), first=index * batch_size)
+      arrays = {'ids': ids, 'labels': labels, 'images': images, **score_images(spaces, images)}
+      print(f'eval round {index + 1}/{num_rounds}: {len(ids)} samples × {len(pass_weights)} weights'
+            + (f' (refinement at w = {", ".join(f"{w:g}" for w in pass_weights)})' if passes else ''),
+            flush=True)
+      return arrays
+
+    resumed = len(rounds.run_rounds(folder, num_rounds, make_round, on_round=on_round))
+    passes.append((folder, tuple(pass_weights)))
+    return resumed
+
+  passes = []
+  resumed = evaluate_pass(directory, weights)
+  for index in range(config.eval.refine):
+    def next_weights():  # process 0
+      arrays = [_pass_arrays(folder, num_rounds) for folder, _ in passes]
+      return refined_weights([w for _, ws in passes for w in ws],
+                             [d for a in arrays for d in _main_distances(spaces[0], a)])
+    extra = parallel.decided_by_process_zero(next_weights)
+    if not extra:
+      break
+    resumed += evaluate_pass(files.join(directory, f'refine{index + 1}'), extra)
 
   def score_and_write():  # process 0
-    parts = rounds.load_rounds(directory, num_rounds)
-    labels = np.concatenate(parts['labels'])
-    stacked = {k: np.concatenate(v, axis=1) for k, v in parts.items() if k not in ('ids', 'labels')}
-    rows = score_weights(spaces, weights, stacked, labels, resamples=config.eval.bootstrap_resamples)
+    arrays = [_pass_arrays(folder, num_rounds) for folder, _ in passes]
+    labels = arrays[0]['labels']
+    assert all(np.array_equal(a['ids'], arrays[0]['ids']) for a in arrays), 'passes of other examples'
+    all_weights = [w for _, ws in passes for w in ws]
+    order = np.argsort(all_weights, kind='stable')
+    stacked = {k: np.concatenate([a[k] for a in arrays], axis=0)[order]
+               for k in arrays[0] if k not in ('ids', 'labels')}
+    rows = score_weights(spaces, [all_weights[i] for i in order], stacked, labels,
+                         resamples=config.eval.bootstrap_resamples)
     record = {'labels': config.sampling.labels,
               'reference': {space.name: space.reference_source for space in spaces}, 'evaluators': evaluators,
               'checkpoint': checkpoint, 'rounds_resumed': resumed, 'config': config.to_dict(),
+              'weight_passes': [list(ws) for _, ws in passes],
               **provenance.provenance(wall_seconds=time.time() - started)}
     _write_outputs(config, directory, workdir, step, rows, stacked['images'], labels, record)
     return rows

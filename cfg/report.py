@@ -1,13 +1,16 @@
 """The frontier report: one Markdown page (and plots) from a collected Grid sweep's results.json.
 
-    python -m cfg.report --results=runs/fm_frontier/frontier/results.json --out=experiments/fashion_mnist/frontier
+    python -m cfg.report --results=runs/fm_frontier/frontier/results.json \
+        --table1=runs/fm_p_uncond/p_uncond/results.json --out=experiments/fashion_mnist/frontier
 
 Every number on the page is read from the collection (`cfg.sweep.collect_grid`), which holds each cell's
 rows, its evaluation info (sampler, T, NFE, method, step, samples, labels) and provenance. The page has no
 time stamp of its own, so the same results.json gives the same page byte for byte.
 
 Sections: the best distance against NFE per sampler (cfg, with its w, 95% interval and FD∞); guidance
-methods side by side at equal NFE; the optimal w against the training step; findings read off those
+methods side by side at equal NFE; the optimal w against the training step; Table 2's analogue (the
+ancestral sampler's distance and score at every w and T); Table 1's analogue from a p_uncond sweep
+(`--table1`, training seeds side by side); findings read off those
 tables; the sample grid of every cell at its best w; and where the numbers came from. Plots:
 distance_vs_nfe.png and tradeoff_methods.png (distance against score over w, one line per method).
 """
@@ -59,8 +62,9 @@ def _summary_line(s, *keys):
                                  tables.format_value(s['inf']) if s['inf'] is not None else '']
 
 
-def render(collection):
-  """The report page (Markdown text) of a collected Grid."""
+def render(collection, table1=None):
+  """The report page (Markdown text) of a collected Grid (and of a collected training Sweep over
+  p_uncond, `table1`, for Table 1's analogue and finding (f))."""
   summaries = cell_summaries(collection)
   distance = summaries[0]['distance']
   score = ['w*', f'best {distance}', '95% interval', f'{distance} FD∞']
@@ -98,7 +102,22 @@ def render(collection):
     parts += ['## Optimal w against training', '',
               _table(['sampler', 'NFE', 'step', *score], [_summary_line(s, 'sampler', 'nfe', 'step')
                                                            for s in by_step]), '']
-  parts += ['## Findings', '', *(f'- {line}' for line in findings(summaries)), '']
+  ancestral = [s for s in cfg_cells if s['sampler'] == 'ancestral']
+  if len(ancestral) > 1:
+    parts += [f"## Table 2's analogue: the paper's sampler against T (cfg, step {final})", '',
+              'Algorithm 2 (ancestral, v of the config) at each T the sweep ran: the distance with its 95% '
+              'interval, then the Inception-style score, at every w (the paper\'s Table 2 has T = 128, 256, 1024).',
+              '', table2_analogue(ancestral), '']
+  if table1 is not None:
+    seeds = sorted({job['seed'] for job in table1['jobs'].values()})
+    info = next(iter(table1['jobs'].values()))['info']
+    parts += ["## Table 1's analogue: p_uncond (one training run per value and seed)", '',
+              f'{info.get("sampler", "?")} sampler, T = {info.get("num_steps", "?")}, {info.get("num_samples", "?")} '
+              f'samples per w, labels {info.get("labels", "uniform")}, step {info.get("step", "?")}, training seeds '
+              f'{", ".join(str(seed) for seed in seeds)}. With one seed a distance carries its 95% interval; with '
+              'several, their mean and then each seed\'s.', '', table1_analogue(table1), '']
+  lines = findings(summaries) + ([finding_f(table1)] if table1 is not None else [])
+  parts += ['## Findings', '', *(f'- {line}' for line in lines), '']
   with_samples = [s for s in summaries if s['samples']]
   if with_samples:
     parts += ['## Samples at the optimum', '',
@@ -114,6 +133,80 @@ def render(collection):
             + '; '.join(machines) + '. Each cell\'s command, wall time and evaluator fingerprints are in the '
             'collected results.json.', '']
   return '\n'.join(parts)
+
+
+def table2_analogue(cells):
+  """Rows w, columns T (sorted): `distance [lo, hi]` at each T, then the score at each T."""
+  cells = sorted(cells, key=lambda s: s['T'])
+  distance = cells[0]['distance']
+  score = 'is' if 'is' in next(iter(cells[0]['rows'].values())) else 'is_fmnist'
+  weights = sorted(set.intersection(*(set(s['rows']) for s in cells)))
+  def at(s, w, key):
+    row = s['rows'][w]
+    text = tables.format_value(row[key])
+    if key == distance and f'{key}_lo' in row:
+      text += f' [{tables.format_value(row[key + "_lo"])}, {tables.format_value(row[key + "_hi"])}]'
+    return text
+  return _table(['w', *(f'{distance} T={s["T"]}' for s in cells), *(f'{score} T={s["T"]}' for s in cells)],
+                [[tables.format_value(w), *(at(s, w, distance) for s in cells), *(at(s, w, score) for s in cells)]
+                 for w in weights])
+
+
+def _seed_runs(table1):
+  """{value: [(seed, rows)]} of a collected training Sweep (p_uncond × seeds), values and seeds sorted."""
+  runs = {}
+  for label, job in table1['jobs'].items():
+    runs.setdefault(job['value'], []).append((job['seed'], table1['series'][label]))
+  return {value: sorted(runs[value], key=lambda run: run[0]) for value in sorted(runs)}
+
+
+def table1_analogue(table1):
+  """Rows w, a column per swept value: the distance (one seed: with its 95% interval; several: their mean,
+  then each seed's in seed order), then the score (mean over seeds)."""
+  runs = _seed_runs(table1)
+  first = next(iter(runs.values()))[0][1]
+  distance = tables.main_distance(first)
+  score = 'is' if 'is' in first[0] else 'is_fmnist'
+  by_w = {value: [{row['w']: row for row in rows} for _, rows in seeded] for value, seeded in runs.items()}
+  weights = sorted(set.intersection(*(set(r) for per_seed in by_w.values() for r in per_seed)))
+  def distance_text(per_seed, w):
+    values = [r[w][distance] for r in per_seed]
+    if len(values) == 1:
+      row = per_seed[0][w]
+      lo, hi = row.get(f'{distance}_lo'), row.get(f'{distance}_hi')
+      interval = '' if lo is None else f' [{tables.format_value(lo)}, {tables.format_value(hi)}]'
+      return tables.format_value(values[0]) + interval
+    return f'{tables.format_value(sum(values) / len(values))} ({" / ".join(tables.format_value(v) for v in values)})'
+  mean_score = lambda per_seed, w: tables.format_value(sum(r[w][score] for r in per_seed) / len(per_seed))
+  field = table1['sweep']['field'].rsplit('.', 1)[-1]
+  return _table(['w', *(f'{distance} {field}={v}' for v in runs), *(f'{score} {field}={v}' for v in runs)],
+                [[tables.format_value(w), *(distance_text(by_w[v], w) for v in runs),
+                  *(mean_score(by_w[v], w) for v in runs)] for w in weights])
+
+
+def finding_f(table1):
+  """(f): the best distance over w of the smallest and largest swept value, per seed, and their
+  difference of means next to the seed spread (the widest range of one value's seeds)."""
+  runs = _seed_runs(table1)
+  distance = tables.main_distance(next(iter(runs.values()))[0][1])
+  best = {value: [(seed, tables.best_row(rows, distance)) for seed, rows in seeded] for value, seeded in runs.items()}
+  mean = {value: sum(row[distance] for _, row in rows) / len(rows) for value, rows in best.items()}
+  low, high = min(runs), max(runs)
+  def per_seed(value):
+    return ', '.join(f'seed {seed}: {tables.format_value(row[distance])} at w = {tables.format_value(row["w"])}'
+                     for seed, row in best[value])
+  field = table1['sweep']['field'].rsplit('.', 1)[-1]
+  line = (f'(f) {field} = {low}: best {distance} {tables.format_value(mean[low])} ({per_seed(low)}); {field} = '
+          f'{high}: {tables.format_value(mean[high])} ({per_seed(high)}); difference '
+          f'{tables.format_value(mean[high] - mean[low])}')
+  spreads = [max(r[distance] for _, r in rows) - min(r[distance] for _, r in rows)
+             for rows in best.values() if len(rows) > 1]
+  if not spreads:
+    return line + ': one seed per value, no seed spread to set it against.'
+  spread = max(spreads)
+  verdict = 'larger' if abs(mean[high] - mean[low]) > spread else 'not larger'
+  return line + (f', {verdict} than the seed spread ({tables.format_value(spread)}, the widest range of one '
+                 'value\'s seeds).')
 
 
 def _fmt(s):
@@ -209,11 +302,11 @@ def plot_distance_against_nfe(path, collection):
   files.write_bytes(path, buffer.getvalue())
 
 
-def write_report(results, out_dir):
+def write_report(results, out_dir, table1=None):
   """report.md, its plots and its sample grids (copied from beside `results`) in `out_dir` from a collected
-  Grid's results.json; returns the page."""
+  Grid's results.json (and `table1`, a collected p_uncond Sweep's); returns the page."""
   collection = files.read_json(results)
-  page = render(collection)
+  page = render(collection, None if table1 is None else files.read_json(table1))
   files.write_text(files.join(out_dir, 'report.md'), page)
   plot_distance_against_nfe(files.join(out_dir, 'distance_vs_nfe.png'), collection)
   plot_tradeoffs(files.join(out_dir, 'tradeoff_methods.png'), collection)
@@ -227,9 +320,10 @@ def write_report(results, out_dir):
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--results', required=True, help='results.json of `sweep.py --sweep=frontier --collect`')
+  parser.add_argument('--table1', help='results.json of `sweep.py --sweep=p_uncond --collect` (Table 1\'s analogue)')
   parser.add_argument('--out', required=True, help='folder for report.md and its plots')
   args = parser.parse_args(argv)
-  print(write_report(args.results, args.out))
+  print(write_report(args.results, args.out, table1=args.table1))
 
 
 if __name__ == '__main__':

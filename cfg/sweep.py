@@ -31,6 +31,26 @@ class Sweep:
   values: Sequence[Any]
   train: bool = True  # False: evaluate one trained run at each value
   base_overrides: tuple = ()  # (field, value) pairs every job of the sweep uses
+  seeds: tuple = ()  # training seeds (config.seed): each value trained once per seed, for the seed spread
+  # The runs' folder under the root (train=True: <run>/<field>=<value>[,seed=<seed>]; train=False: the
+  # one trained run); default: named by base_overrides.
+  run: str = ''
+  seconds_per_image_nfe: Optional[float] = None  # measured costs for the dry run's estimate, as Grid's
+  seconds_per_train_step: Optional[float] = None
+  cost_source: str = ''
+
+  def __post_init__(self):
+    if self.seeds and not self.train:
+      raise ValueError('Sweep.seeds are training seeds: they need train=True (one run per value and seed).')
+
+  def runs(self):
+    """[(value, seed overrides)] in job order: each value once, or once per seed."""
+    return [(value, (('seed', seed),) if seed is not None else ())
+            for value in self.values for seed in (self.seeds or (None,))]
+
+  def label(self, value, seeded=()):
+    """'diffusion.p_uncond=0.1' (with seeds: 'diffusion.p_uncond=0.1,seed=2')."""
+    return ','.join(_label(f, v) for f, v in ((self.field, value),) + tuple(seeded))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,10 +117,11 @@ def expand(sweep, root, extra_overrides=()):
     return guides + [Job(f'{base_name}/' + ','.join(_label(f, v) for f, v in cell), os.path.join(root, base_name),
                          tuple(extra_overrides) + base + in_root(cell), train=False) for cell in sweep.cells]
   jobs = []
-  for value in sweep.values:
-    overrides = tuple(extra_overrides) + base + ((sweep.field, value),)
+  for value, seeded in sweep.runs():
+    overrides = tuple(extra_overrides) + base + ((sweep.field, value),) + seeded
     if sweep.train:
-      name = ','.join(_label(f, v) for f, v in base + ((sweep.field, value),))
+      name = (f'{sweep.run}/{sweep.label(value, seeded)}' if sweep.run
+              else ','.join(_label(f, v) for f, v in base + ((sweep.field, value),) + seeded))
       jobs.append(Job(name, os.path.join(root, name), overrides, train=True))
     else:
       jobs.append(Job(f'{base_name}/{_label(sweep.field, value)}', os.path.join(root, base_name),
@@ -122,8 +143,9 @@ def job_config(config, job):
 
 
 def estimate_cost(config, *, trains, evaluates=True):
-  """Training steps and images; the evaluation's samples (num_samples × weights), its grid levels T,
-  its NFE per image and its image-NFE = NFE per image × samples.
+  """Training steps and images; the evaluation's samples (num_samples × weights, at most two more
+  weights per pass of eval.refine), its grid levels T, its NFE per image and its image-NFE = NFE per
+  image × samples.
 
   NFE per image is the sampler's exact count, the one `sample` and `eval` print
   (`generate.evaluations`: the solver, method, grid, T or `sampling.nfe`, the guidance interval's
@@ -132,7 +154,8 @@ def estimate_cost(config, *, trains, evaluates=True):
   """
   from cfg import generate  # pylint: disable=g-import-not-at-top
   from cfg.config_checks import guidance_weights  # pylint: disable=g-import-not-at-top
-  samples = config.sampling.num_samples * len(guidance_weights(config)) if evaluates else 0
+  num_weights = len(guidance_weights(config)) + 2 * config.eval.refine
+  samples = config.sampling.num_samples * num_weights if evaluates else 0
   nfe = generate.evaluations(config)
   train_steps = config.train.num_steps if trains else 0
   return {
@@ -228,26 +251,27 @@ def collect(config, sweep, root, out_dir, extra_overrides=()):
     return collect_grid(config, sweep, root, out_dir, extra_overrides)
   started = time.time()
   series, combined, jobs = {}, {}, {}
-  for job, job_cfg, _ in plan(config, sweep, root, extra_overrides):
-    value = dict(job.overrides)[sweep.field]
+  planned = plan(config, sweep, root, extra_overrides)
+  columns_of = [sweep.label(value, seeded).split('=', 1)[1] for value, seeded in sweep.runs()]  # '0.1,seed=2'
+  for (job, job_cfg, _), (value, seeded), column in zip(planned, sweep.runs(), columns_of):
     result = find_results(job.workdir, job_cfg)
     if result is None:
       print(f'{job.name}: no results yet', flush=True)
       continue
-    series[f'{sweep.field}={value}'] = result['rows']
-    jobs[f'{sweep.field}={value}'] = {'info': result['info'], 'provenance': result.get('provenance')}
+    series[sweep.label(value, seeded)] = result['rows']
+    jobs[sweep.label(value, seeded)] = {'info': result['info'], 'provenance': result.get('provenance'),
+                                        'value': value, 'seed': dict(seeded).get('seed', job_cfg.seed)}
     for row in result['rows']:
       combined.setdefault(row['w'], {'w': row['w']})
       for metric in tables.metric_names([row]):
-        combined[row['w']][f'{metric} @ {value}'] = row[metric]
+        combined[row['w']][f'{metric} @ {column}'] = row[metric]
   if not series:
     raise MissingInputError(f'no finished evaluations under {root}; run the sweep first.')
   rows = [combined[w] for w in sorted(combined)]
   out_dir = files.path(out_dir)
-  values = [str(v) for v in sweep.values]
   columns = ['w'] + sorted({k for r in rows for k in r if k != 'w'},
                            key=lambda k: (tables.METRIC_ORDER.index(k.split(' @ ')[0]),
-                                          values.index(k.split(' @ ')[1])))
+                                          columns_of.index(k.split(' @ ')[1])))
   text = tables.markdown_table(rows, columns=columns)
   files.write_text(out_dir / 'table.md', text + '\n')
   tables.write_csv(out_dir / 'table.csv', rows, columns)

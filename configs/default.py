@@ -138,6 +138,9 @@ def _add_sampling_and_evaluation(config):
       bootstrap_resamples=200,  # resamples of each Fréchet distance's 95% interval (cost ∝ resamples·N·D²)
       save_samples=True,  # ADM-format .npz of the samples per w
       weights_per_program=config_dict.placeholder(int),  # None: all weights vmapped in one program
+      # Passes after the first at the midpoints between the best w so far and its neighbours (bisecting
+      # toward the optimum, the same noise), each in the evaluation's refine<k>/; 0: guidance.weights only.
+      refine=0,
   ))
 
 

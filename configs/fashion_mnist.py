@@ -50,16 +50,25 @@ SECONDS_PER_IMAGE_NFE, SECONDS_PER_TRAIN_STEP = 2.3e-3, 0.70
 
 
 def sweeps():
-  """Table 1's columns (p_uncond, one training run each), Table 2's (T, sampling one run), and the
-  guided-sampling frontier on a run 4× the default's length (checkpoints kept along the way)."""
+  """Table 1's columns (p_uncond, one training run each; `table1`: with the paper's sampler, two seeds
+  each), Table 2's (T, sampling one run), and the guided-sampling frontier on a run 4× the default's
+  length (checkpoints kept along the way)."""
   return {
       'p_uncond': Sweep('diffusion.p_uncond', (0.1, 0.2, 0.5)),
       'num_steps': Sweep('sampling.num_steps', (4, 8, 16, 32), train=False,
                          base_overrides=(('diffusion.p_uncond', 0.1),)),
+      # Table 1 again with the paper's sampler (ancestral, T = 64) and the frontier's protocol (512
+      # balanced samples per w, the w grid refined once), each value trained with two seeds for the spread.
+      'table1': Sweep('diffusion.p_uncond', (0.1, 0.2, 0.5), seeds=(0, 1), base_overrides=(
+          ('sampling.sampler', 'ancestral'), ('sampling.num_steps', 64), ('sampling.num_samples', 512),
+          ('sampling.batch_size', 256), ('guidance.weights', (0.0, 0.3, 1.0, 2.0, 3.0, 4.0)), ('eval.refine', 1)),
+          run='table1', seconds_per_image_nfe=SECONDS_PER_IMAGE_NFE, seconds_per_train_step=SECONDS_PER_TRAIN_STEP,
+          cost_source='the 2-core CPU of experiments/throughput/bench_peer.json'),
       'frontier': default.frontier_grid(
           base_overrides=(('diffusion.p_uncond', 0.1), ('train.num_steps', 10_000),
                           ('train.keep_checkpoints', 40), ('sampling.num_samples', 512),
-                          ('sampling.batch_size', 256), ('guidance.weights', (0.0, 0.3, 1.0, 2.0, 3.0, 4.0))),
+                          ('sampling.batch_size', 256), ('guidance.weights', (0.0, 0.3, 1.0, 2.0, 3.0, 4.0)),
+                          ('eval.refine', 1)),
           checkpoints=(2_500, 5_000, 10_000),
           # Autoguidance's guide: half the channels and a quarter of the steps of the run it guides.
           guide=(('model.base_channels', 8), ('train.num_steps', 2_500)), seconds_per_image_nfe=SECONDS_PER_IMAGE_NFE,

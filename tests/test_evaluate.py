@@ -114,6 +114,46 @@ def test_resuming_rounds_with_another_feature_network_refuses_and_keeps_them(tra
   assert after == before
 
 
+def test_refined_weights_bisect_toward_the_best_weight():
+  grid = [0.0, 0.3, 1.0, 2.0, 3.0, 4.0]
+  assert evaluate.refined_weights(grid, [9, 8, 5, 3, 4, 6]) == [1.5, 2.5]
+  assert evaluate.refined_weights(grid[::-1], [6, 4, 3, 5, 8, 9]) == [1.5, 2.5]  # any order
+  assert evaluate.refined_weights(grid, [1, 8, 5, 3, 4, 6]) == [0.15]  # at an edge: one side
+  assert evaluate.refined_weights(grid + [1.5, 2.5], [9, 8, 5, 3, 4, 6, 3.5, 2]) == [2.25, 2.75]
+  assert evaluate.refined_weights([0.0, 0.5, 1.0], [2, 2, 1]) == [0.75]
+  assert evaluate.refined_weights([0.0, 1e-10], [1, 2]) == []  # nothing new between them
+
+
+def test_refinement_passes_add_midpoints_with_the_same_noise(trained_workdir, tmp_path):
+  """eval.refine = 2: two passes bisecting toward the best w; the first pass's rows are those of an
+  evaluation without refinement, to the bit (the same samples), and each pass's weights are the midpoints
+  around the best distance of all weights before it."""
+  config = _eval_config()
+  config.guidance.weights = (0.0, 1.0, 3.0)
+  plain, refined = str(tmp_path / 'plain'), str(tmp_path / 'refined')
+  shutil.copytree(trained_workdir, plain)
+  shutil.copytree(trained_workdir, refined)
+  base = evaluate.run(config, plain)
+  config.eval.refine = 2
+  rows = evaluate.run(config, refined)
+  by_w = {row['w']: row for row in rows}
+  assert [row['w'] for row in rows] == sorted(by_w) and len(by_w) == len(rows)
+  for row in base:
+    assert by_w[row['w']] == row
+  first = evaluate.refined_weights([r['w'] for r in base], [r['fd_fmnist'] for r in base])
+  seen = [r['w'] for r in base] + first
+  second = evaluate.refined_weights(seen, [by_w[w]['fd_fmnist'] for w in seen])
+  assert first and sorted(by_w) == sorted(seen + second)
+  (folder,) = glob.glob(os.path.join(refined, 'eval', '*'))
+  with open(os.path.join(folder, 'results.json')) as f:
+    stored = json.load(f)
+  assert stored['provenance']['weight_passes'] == [[0.0, 1.0, 3.0], first, second]
+  assert [row['w'] for row in stored['rows']] == sorted(by_w)
+  assert sorted(os.listdir(os.path.join(folder, 'refine1'))) == ['manifest.json', 'round_00000.npz',
+                                                                  'round_00001.npz', 'round_00002.npz',
+                                                                  'round_00003.npz']
+
+
 TINY_DINOV2 = dict(patch_size=14, embed_dim=64, depth=1, num_heads=1, mlp_ratio=4.0, pos_grid=16)
 
 
@@ -230,9 +270,42 @@ def test_collect_builds_the_combined_table(tmp_path):
   assert '| w |' in open(os.path.join(out, 'table.md')).read()
   with open(os.path.join(out, 'results.json')) as f:
     collected = json.load(f)
-  assert collected['jobs']['diffusion.p_uncond=0.5'] == {'info': {'step': 6, 'seed': 1}, 'provenance': None}
+  assert collected['jobs']['diffusion.p_uncond=0.5'] == {'info': {'step': 6, 'seed': 1}, 'provenance': None,
+                                                          'value': 0.5, 'seed': smoke.get_config().seed}
   record = collected['provenance']
   assert record['commit'] and record['machine']['device_count'] >= 1 and record['wall_seconds'] >= 0
+
+
+def test_a_sweep_over_seeds_keeps_each_run_and_the_report_sets_p_uncond_against_the_seed_spread(tmp_path):
+  from cfg import report
+  config = smoke.get_config()
+  for (p, seed), fd in {(0.1, 1): 5.0, (0.1, 2): 5.5, (0.5, 1): 7.0, (0.5, 2): 6.0}.items():
+    _write_results(str(tmp_path / f'diffusion.p_uncond={p},seed={seed}'), config, 6, _rows(fd))
+  seeded = sweep.Sweep('diffusion.p_uncond', (0.1, 0.5), seeds=(1, 2))
+  assert [job.overrides[-2:] for job in sweep.expand(seeded, str(tmp_path))] == [
+      (('diffusion.p_uncond', p), ('seed', seed)) for p in (0.1, 0.5) for seed in (1, 2)]
+  out = str(tmp_path / 'table')
+  rows = sweep.collect(config, seeded, str(tmp_path), out)
+  header = '| ' + ' | '.join(['w'] + [f'{m} @ {p},seed={seed}' for m in ('fd_fmnist', 'is_fmnist')
+                                      for p in (0.1, 0.5) for seed in (1, 2)]) + ' |'
+  assert open(os.path.join(out, 'table.md')).read().startswith(header + '\n')
+  assert [rows[0][f'fd_fmnist @ {c}'] for c in ('0.1,seed=1', '0.1,seed=2', '0.5,seed=1', '0.5,seed=2')] == [
+      5.0, 5.5, 7.0, 6.0]
+  with open(os.path.join(out, 'results.json')) as f:
+    collected = json.load(f)
+  assert {k: (v['value'], v['seed']) for k, v in collected['jobs'].items()} == {
+      f'diffusion.p_uncond={p},seed={seed}': (p, seed) for p in (0.1, 0.5) for seed in (1, 2)}
+  # Table 1's analogue: each value's mean over seeds, then each seed's; the score's mean.
+  table = report.table1_analogue(collected)
+  assert '| w | fd_fmnist p_uncond=0.1 | fd_fmnist p_uncond=0.5 | is_fmnist p_uncond=0.1 | is_fmnist p_uncond=0.5 |' in table
+  assert '| 0 | 5.25 (5 / 5.5) | 6.5 (7 / 6) | 2 | 2 |' in table and '| 1 | 6.25 (6 / 6.5) | 7.5 (8 / 7) | 3 | 3 |' in table
+  # (f): means 5.25 and 6.5 at the best w; difference 1.25 against the widest seed range, 1 (p_uncond 0.5).
+  assert report.finding_f(collected) == (
+      '(f) p_uncond = 0.1: best fd_fmnist 5.25 (seed 1: 5 at w = 0, seed 2: 5.5 at w = 0); p_uncond = 0.5: 6.5 '
+      '(seed 1: 7 at w = 0, seed 2: 6 at w = 0); difference 1.25, larger than the seed spread (1, the widest '
+      "range of one value's seeds).")
+  with pytest.raises(ValueError, match='training seeds'):
+    sweep.Sweep('sampling.num_steps', (4, 8), train=False, seeds=(1, 2))
 
 
 def test_collect_takes_the_evaluation_the_config_describes(tmp_path):

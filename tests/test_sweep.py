@@ -108,6 +108,18 @@ def test_the_frontier_grids_cover_the_solvers_methods_and_checkpoints(capsys):
   assert 'est_seconds' not in sweep.format_plan(pod, 'configs/imagenet64.py')  # no measured cost there
 
 
+def test_table1_sweep_trains_each_p_uncond_with_two_seeds_and_evaluates_with_the_paper_sampler():
+  from configs import fashion_mnist
+  planned = sweep.plan(fashion_mnist.get_config(), fashion_mnist.sweeps()['table1'], '/runs')
+  assert [job.workdir for job, _, _ in planned] == [
+      f'/runs/table1/diffusion.p_uncond={p},seed={seed}' for p in (0.1, 0.2, 0.5) for seed in (0, 1)]
+  assert [(c.diffusion.p_uncond, c.seed) for _, c, _ in planned] == [(p, s) for p in (0.1, 0.2, 0.5) for s in (0, 1)]
+  for job, config, cost in planned:
+    assert job.train and (config.sampling.sampler, config.sampling.num_steps) == ('ancestral', 64)
+    assert cost['samples'] == 512 * (6 + 2) and cost['train_steps'] == config.train.num_steps  # refined once
+  assert 'est_seconds=' in sweep.format_plan(planned, 'configs/fashion_mnist.py').splitlines()[-1]
+
+
 def test_a_grid_runs_and_collects_one_row_per_cell_and_weight(tmp_path):
   from cfg import evaluate, train
   from tests.test_evaluate import _eval_config
@@ -116,7 +128,8 @@ def test_a_grid_runs_and_collects_one_row_per_cell_and_weight(tmp_path):
   from configs.default import INTERVAL
   ddim = (('sampling.sampler', 'ddim'), ('sampling.nfe', 3))
   grid = sweep.Grid(cells=(ddim, (('sampling.sampler', 'heun'), ('sampling.grid', 'edm'), ('sampling.nfe', 4)),
-                           ddim + (('guidance.method', 'interval'), *INTERVAL)),
+                           ddim + (('guidance.method', 'interval'), *INTERVAL),
+                           *((('sampling.sampler', 'ancestral'), ('sampling.num_steps', t)) for t in (2, 3))),
                     run='grid')
   planned = sweep.plan(config, grid, str(tmp_path))
   train.train_and_evaluate(planned[0][1], planned[0][0].workdir)
@@ -158,6 +171,24 @@ def test_a_grid_runs_and_collects_one_row_per_cell_and_weight(tmp_path):
   assert interval['nfe'] < cfg['nfe']
   assert (f"- (b) interval with ddim (T = {cfg['T']}): {report._fmt(interval)} against cfg {report._fmt(cfg)}: "
           f"{report._compare(interval, cfg)}; it saves {cfg['nfe'] - interval['nfe']} of cfg's {cfg['nfe']} NFE") in page
+  # Table 2's analogue: the ancestral cells' distance [interval] at T = 2 and 3, then their score, per w.
+  ancestral = [sweep.find_results(job.workdir, job_config)['rows'] for job, job_config, _ in planned[3:]]
+  for w, *at_t in zip(config.guidance.weights, *ancestral):
+    distances = [f"{format_value(r['fd_fmnist'])} [{format_value(r['fd_fmnist_lo'])}, "
+                 f"{format_value(r['fd_fmnist_hi'])}]" for r in at_t]
+    scores = [format_value(r['is_fmnist']) for r in at_t]
+    assert f"| {format_value(w)} | {' | '.join(distances)} | {' | '.join(scores)} |" in page
+  assert '| w | fd_fmnist T=2 | fd_fmnist T=3 | is_fmnist T=2 | is_fmnist T=3 |' in page
   first = (tmp_path / 'report' / 'report.md').read_bytes()
   report.write_report(collected, tmp_path / 'report')
   assert (tmp_path / 'report' / 'report.md').read_bytes() == first  # the same collection, the same page
+  # With a p_uncond sweep's collection (one seed each): Table 1's analogue and finding (f) join the page.
+  from tests.test_evaluate import _rows, _write_results
+  for p in (0.1, 0.5):
+    _write_results(str(tmp_path / 'p' / f'diffusion.p_uncond={p}'), config, 6, _rows(5 + 10 * p))
+  sweep.collect(config, sweep.Sweep('diffusion.p_uncond', (0.1, 0.5)), str(tmp_path / 'p'), str(tmp_path / 'p1'))
+  table1 = json.loads((tmp_path / 'p1' / 'results.json').read_text())
+  page = report.write_report(collected, tmp_path / 'report1', table1=tmp_path / 'p1' / 'results.json')
+  assert report.table1_analogue(table1) in page and '| 0 | 6 | 10 | 2 | 2 |' in page
+  assert ('- (f) p_uncond = 0.1: best fd_fmnist 6 (seed 0: 6 at w = 0); p_uncond = 0.5: 10 (seed 0: 10 at w = 0); '
+          'difference 4: one seed per value, no seed spread to set it against.') in page
