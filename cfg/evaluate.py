@@ -303,6 +303,7 @@ def run(config, workdir, *, on_round: Optional[Callable[[int], None]] = None):
   sample_fn = make_sample_fn(model, config, mesh)
   batch_size, total = config.sampling.batch_size, config.sampling.num_samples
   num_rounds = -(-total // batch_size)
+  passes = []  # (folder, weights) of each pass done
 
   def evaluate_pass(folder, pass_weights):
     rounds.open_rounds(folder, {'weights': pass_weights, 'step': step,
@@ -323,7 +324,6 @@ def run(config, workdir, *, on_round: Optional[Callable[[int], None]] = None):
     passes.append((folder, tuple(pass_weights)))
     return resumed
 
-  passes = []
   resumed = evaluate_pass(directory, weights)
   for index in range(config.eval.refine):
     def next_weights():  # process 0
