@@ -8,7 +8,9 @@ Set up the peer once, in its own venv (the project and its tests never import to
 
 Both run on the CPU with this machine's cores. The rounds alternate: a JAX round, then a torch
 round in a worker process that waits while JAX runs, so the two never compete for the cores.
-Times are the minimum over rounds (the least disturbed), ratios are project ÷ peer throughput.
+Times are the minimum over rounds (the least disturbed), ratios are project ÷ peer throughput. The
+project runs as it is and as it was before each change that mattered (`SIDES`: XLA's default CPU
+options; flax's threefry dropout mask), interleaved in the same rounds.
 
 - train step: batch 64, forward + backward + Adam (the project's full step: Algorithm 1's loss,
   clipping, EMA; the peer's: ε-MSE, Adam);
@@ -35,6 +37,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cfg import build, guidance, parallel, train, train_state  # noqa: E402
+from cfg.models import layers  # noqa: E402
 from configs import fashion_mnist  # noqa: E402
 
 TRAIN_BATCH, FORWARD_BATCH = 64, 128
@@ -75,11 +78,35 @@ for line in sys.stdin:
 ''' % (TRAIN_BATCH, FORWARD_BATCH)
 
 
-def project_programs(options):
+def threefry_keep_mask(key, shape, rate):
+  """The dropout mask the project drew before cfg.models.layers.dropout_keep_mask: flax's nn.Dropout,
+  jax.random.bernoulli on threefry bits."""
+  return jax.random.bernoulli(key, 1.0 - rate, shape)
+
+
+# The project as it was before each change that mattered, and now: (XLA options, dropout mask).
+SIDES = {
+    'XLA defaults, threefry dropout': ({}, threefry_keep_mask),
+    'threefry dropout': (parallel.compiler_options(), threefry_keep_mask),
+    'project': (parallel.compiler_options(), layers.dropout_keep_mask),
+}
+
+
+def project_programs(options, keep_mask=layers.dropout_keep_mask):
   """{name: zero-argument callable that runs one program to completion}, and FLOPs per image.
 
-  `options`: XLA compiler options for all three programs (parallel.compiler_options() or {}).
+  `options`: XLA compiler options for all three programs (parallel.compiler_options() or {});
+  `keep_mask`: the dropout mask the train step draws (layers.dropout_keep_mask or threefry_keep_mask).
   """
+  project_mask = layers.dropout_keep_mask
+  layers.dropout_keep_mask = keep_mask  # read when the programs are traced, below
+  try:
+    return _project_programs(options)
+  finally:
+    layers.dropout_keep_mask = project_mask
+
+
+def _project_programs(options):
   config = fashion_mnist.get_config()
   model = build.model_from_config(config)
   optimizer = build.optimizer_from_config(config.optim)
@@ -125,8 +152,7 @@ def main():
   peer = subprocess.Popen([args.torch_python, '-c', _PEER], stdin=subprocess.PIPE,
                           stdout=subprocess.PIPE, text=True)
   peer_info = json.loads(peer.stdout.readline())
-  sides = {'project': project_programs(parallel.compiler_options()),
-           'project, XLA defaults': project_programs({})}
+  sides = {side: project_programs(options, mask) for side, (options, mask) in SIDES.items()}
   info = sides['project'][1]
 
   def peer_run(name):
@@ -153,16 +179,18 @@ def main():
         f'{peer_info["params"]:,} parameters, {peer_info["flops_per_image"] / 1e6:.0f} MFLOP/image '
         f'forward (FlopCounterMode)')
   print(f'{args.repeats} alternating rounds, best of each; ratio = project / peer throughput\n')
-  print('| | project, XLA defaults | project | peer | ratio before | ratio now |')
-  print('|---|---|---|---|---|---|')
+  before = [side for side in SIDES if side != 'project']
+  print('| | ' + ' | '.join(before) + ' | project | peer | ' + ' | '.join(f'ratio, {side}' for side in before)
+        + ' | ratio now |')
+  print('|---' * (2 * len(before) + 4) + '|')
   rows = [('train step, batch 64 (img/s)', 'train', TRAIN_BATCH),
           ('forward, batch 128 (ms)', 'forward', None), ('guided step, 2B = 256 (ms)', 'guided', None)]
   for label, name, images in rows:
-    before, now, peer_time = (best[side][name] for side in ('project, XLA defaults', 'project', 'peer'))
     show = (lambda t: f'{images / t:.1f}') if images else (lambda t: f'{t * 1e3:.0f}')
-    print(f'| {label} | {show(before)} | {show(now)} | {show(peer_time)} | '
-          f'{peer_time / before:.2f}× | {peer_time / now:.2f}× |')
-  for side in ('project, XLA defaults', 'project', 'peer'):
+    peer_time = best['peer'][name]
+    print(f'| {label} | ' + ' | '.join(show(best[side][name]) for side in (*before, 'project', 'peer')) + ' | '
+          + ' | '.join(f'{peer_time / best[side][name]:.2f}×' for side in (*before, 'project')) + ' |')
+  for side in (*SIDES, 'peer'):
     print(f'guided / unguided step, {side}: {best[side]["guided"] / best[side]["forward"]:.3f}')
   if args.json:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

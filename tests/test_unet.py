@@ -2,6 +2,9 @@
 
 import functools
 import math
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +12,10 @@ import numpy as np
 import pytest
 
 from cfg.models import UNet, count_params
-from cfg.models.layers import AttentionBlock, ResBlock, time_from_logsnr, timestep_embedding
+from cfg.models.layers import (AttentionBlock, Dropout, ResBlock, dropout_keep_mask, time_from_logsnr,
+                               timestep_embedding)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 NUM_CLASSES = 10
 
@@ -235,6 +241,52 @@ def test_dropout_active_only_in_training():
   eval_a, eval_b = apply(params, *inputs), apply(params, *inputs, rngs={'dropout': init_key(5)})
   np.testing.assert_array_equal(eval_a, eval_b)
   assert float(jnp.max(jnp.abs(eval_a - train(0)))) > 1e-3
+
+
+def test_dropout_mask_keeps_one_minus_rate_of_the_elements_independently():
+  shape, rate = (64, 28, 28, 32), 0.1
+  keep = np.asarray(jax.jit(dropout_keep_mask, static_argnums=(1, 2))(jax.random.key(0), shape, rate))
+  other = np.asarray(dropout_keep_mask(jax.random.key(1), shape, rate)).astype(np.float64)
+  n = keep.size
+  assert abs(keep.mean() - (1 - rate)) < 5 * math.sqrt(rate * (1 - rate) / n)
+  centred = keep.astype(np.float64) - keep.mean()
+  for axis in range(4):  # neighbours along every axis, and another key's mask, are uncorrelated
+    a, b = np.swapaxes(centred, 0, axis)[:-1], np.swapaxes(centred, 0, axis)[1:]
+    assert abs(np.mean(a * b)) / centred.var() < 5 / math.sqrt(a.size), axis
+  assert abs(np.mean(centred * (other - other.mean()))) / centred.var() < 5 / math.sqrt(n)
+  per_example = keep.reshape(64, -1).mean(axis=1)  # every example gets its own draw, none a copy
+  assert len({row.tobytes() for row in keep.reshape(64, -1)}) == 64 and per_example.std() > 0
+
+
+def test_dropout_scales_what_it_keeps_and_is_the_identity_outside_training():
+  x = jax.random.normal(jax.random.key(3), (4, 8, 8, 16))
+  layer = Dropout(0.25)
+  dropped = layer.apply({}, x, deterministic=False, rngs={'dropout': jax.random.key(7)})
+  kept = np.asarray(dropped) != 0
+  np.testing.assert_allclose(np.asarray(dropped)[kept], np.asarray(x / 0.75)[kept], rtol=1e-6)
+  assert abs(kept.mean() - 0.75) < 5 * math.sqrt(0.25 * 0.75 / kept.size)
+  np.testing.assert_array_equal(layer.apply({}, x, deterministic=True), x)
+  with pytest.raises(ValueError, match='32 bits'):
+    dropout_keep_mask(jax.random.key(0), (2 ** 16, 2 ** 16), 0.1)
+
+
+def test_dropout_mask_is_the_same_on_eight_devices():
+  """Each element's bit depends on its index in the global array only, not on where its shard lives."""
+  script = (
+      'import jax, numpy as np\n'
+      'from jax.sharding import NamedSharding, PartitionSpec as P\n'
+      'from cfg.models.layers import dropout_keep_mask\n'
+      'mesh = jax.make_mesh((8,), ("data",))\n'
+      'f = lambda key: dropout_keep_mask(key, (16, 14, 14, 8), 0.3)\n'
+      'one = np.asarray(jax.jit(f)(jax.random.key(5)))\n'
+      'eight = jax.jit(f, out_shardings=NamedSharding(mesh, P("data")))(jax.random.key(5))\n'
+      'assert len(eight.sharding.device_set) == 8\n'
+      'np.testing.assert_array_equal(np.asarray(eight), one)\n'
+      'print("same", one.mean())\n')
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8')
+  done = subprocess.run([sys.executable, '-c', script], cwd=ROOT, env=env, capture_output=True, text=True,
+                        timeout=300)
+  assert done.returncode == 0 and 'same' in done.stdout, done.stderr
 
 
 def test_bfloat16_compute_close_to_float32():
