@@ -2,9 +2,15 @@
 
 import json
 import os
+import re
+import signal
+import subprocess
+import sys
 
 from cfg import sweep
 from configs import smoke
+
+ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # smoke: 20 samples at each of the weights (0, 1), so 40 images per evaluation.
 IMAGES = 40
@@ -192,3 +198,29 @@ def test_a_grid_runs_and_collects_one_row_per_cell_and_weight(tmp_path):
   assert report.table1_analogue(table1) in page and '| 0 | 6 | 10 | 2 | 2 |' in page
   assert ('- (f) p_uncond = 0.1: best fd_fmnist 6 (seed 0: 6 at w = 0); p_uncond = 0.5: 10 (seed 0: 10 at w = 0); '
           'difference 4: one seed per value, no seed spread to set it against.') in page
+
+
+def test_sigterm_to_the_sweep_reaches_its_job_which_saves_and_the_sweep_stops(tmp_path):
+  """Neither left running alone nor killed: the training job saves its checkpoint, exits, and no later job
+  starts; the same command continues from that checkpoint."""
+  root = ROOT_DIR
+  command = [sys.executable, 'sweep.py', '--config=configs/fashion_mnist.py:smoke', '--sweep=p_uncond',
+             f'--root={tmp_path}', '--config.train.num_steps=1000', '--config.train.checkpoint_every=1000',
+             '--config.train.log_every=1']
+  process = subprocess.Popen(command, cwd=root, env=dict(os.environ, PYTHONUNBUFFERED='1'),
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+  lines = []
+  while not any(re.match(r'step [2-9]\d*/', line) for line in lines[-1:]):
+    lines.append(process.stdout.readline())
+    assert lines[-1], ''.join(lines)
+  process.send_signal(signal.SIGTERM)  # to the sweep alone, not to its job
+  out, _ = process.communicate(timeout=300)
+  out = ''.join(lines) + out
+  assert process.returncode == 0, out
+  saved = int(re.search(r'SIGTERM: saved the checkpoint at step (\d+)', out).group(1))
+  assert 2 <= saved < 1000
+  assert 'stopped by a signal during diffusion.p_uncond=0.1: train' in out
+  assert os.listdir(tmp_path) == ['diffusion.p_uncond=0.1']  # no later job began
+  assert os.listdir(tmp_path / 'diffusion.p_uncond=0.1' / 'checkpoints') == [str(saved)]
+  running = subprocess.run(['pgrep', '-f', '--', f'--workdir={tmp_path}'], capture_output=True, text=True)
+  assert running.returncode == 1, running.stdout  # the job ended with the sweep

@@ -4,6 +4,7 @@ python sweep.py --config=configs/fashion_mnist.py --sweep=p_uncond --root=runs/f
 """
 
 import importlib.util
+import signal
 import subprocess
 import sys
 
@@ -31,6 +32,28 @@ def load_sweeps(config_path):
   return module.sweeps()
 
 
+def run_job(command):
+  """Runs one job's command to its end. SIGTERM or SIGINT to the sweep reach the job as SIGTERM (it saves
+  and exits, as launch.py does on preemption) instead of leaving it running alone or killing it; returns
+  True when that happened, so the sweep stops after the job. A job that fails raises CalledProcessError."""
+  job = subprocess.Popen(command)
+  stopped = []
+
+  def stop(signum, _):
+    stopped.append(signum)
+    job.send_signal(signal.SIGTERM)
+
+  previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    returncode = job.wait()
+  finally:
+    for s, handler in previous.items():
+      signal.signal(s, handler)
+  if returncode and not stopped:
+    raise subprocess.CalledProcessError(returncode, command)
+  return bool(stopped)
+
+
 def main(_):
   config_path = config_flags.get_config_filename(flags.FLAGS['config'])
   available = load_sweeps(config_path)
@@ -46,7 +69,10 @@ def main(_):
   if not _COLLECT.value:
     for job, mode, command in sweeps_lib.commands(planned, config_path, python=sys.executable):
       print(f'== {job.name}: {mode}', flush=True)
-      subprocess.run(command, check=True)
+      if run_job(command):
+        print(f'== stopped by a signal during {job.name}: {mode} (it saved what it had); run the same '
+              'command again to continue from there.', flush=True)
+        return
   sweeps_lib.collect(_CONFIG.value, sweep, _ROOT.value, _OUT.value or f'{_ROOT.value}/{_SWEEP.value}',
                      command_line)
 
