@@ -33,9 +33,10 @@ def load_sweeps(config_path):
 
 
 def run_job(command):
-  """Runs one job's command to its end. SIGTERM or SIGINT to the sweep reach the job as SIGTERM (it saves
-  and exits, as launch.py does on preemption) instead of leaving it running alone or killing it; returns
-  True when that happened, so the sweep stops after the job. A job that fails raises CalledProcessError."""
+  """Runs one job's command to its end. SIGTERM or SIGINT to the sweep reach the job as SIGTERM (training
+  saves a checkpoint and exits, as on preemption; an evaluation stops with its finished rounds on disk)
+  instead of leaving it running alone or killing it; returns True when that happened, so the sweep
+  stops after the job. A job that fails on its own raises CalledProcessError."""
   job = subprocess.Popen(command)
   stopped = []
 
@@ -70,7 +71,7 @@ def main(_):
     for job, mode, command in sweeps_lib.commands(planned, config_path, python=sys.executable):
       print(f'== {job.name}: {mode}', flush=True)
       if run_job(command):
-        print(f'== stopped by a signal during {job.name}: {mode} (it saved what it had); run the same '
+        print(f'== stopped by a signal during {job.name}: {mode} (it kept what it had finished); run the same '
               'command again to continue from there.', flush=True)
         return
   sweeps_lib.collect(_CONFIG.value, sweep, _ROOT.value, _OUT.value or f'{_ROOT.value}/{_SWEEP.value}',
