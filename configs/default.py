@@ -81,6 +81,9 @@ def _add_training(config):
       preview_per_class=1,
       on_nonfinite='skip',  # skip: drop the update and count it | stop: end the run with an error
       grad_accum_steps=1,  # split each batch into this many micro-batches, one update of their mean
+      # Train steps per dispatch, a lax.scan over that many batches (vdm's way for small, launch-bound
+      # models on GPUs); logs, previews, checkpoints and SIGTERM act at the end of the call that reaches them.
+      steps_per_call=1,
       resume_accept_data_change=False,  # resume although batch_size or seed differ from the checkpoint's
   ))
 

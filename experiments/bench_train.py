@@ -3,6 +3,7 @@
 python experiments/bench_train.py                                   # configs/fashion_mnist.py
 python experiments/bench_train.py --config=imagenet64 --batch=16     # the paper's ImageNet 64 U-Net
 python experiments/bench_train.py --config=imagenet64 --batch=64 --flops_only   # FLOPs, on any CPU
+python experiments/bench_train.py --steps_per_call=8     # 8 train steps per dispatch (lax.scan)
 
 FLOPs per step come from XLA's cost analysis of the lowered (not yet optimised) step: forward +
 backward + update, the same count on every backend. The compiled program's analysis is no substitute:
@@ -23,6 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
 from cfg import build, data, parallel, train, train_state  # noqa: E402
 
@@ -53,6 +55,9 @@ def main():
   parser.add_argument('--batch', type=int, default=None, help='global batch (default: the config\'s)')
   parser.add_argument('--steps', type=int, default=10)
   parser.add_argument('--bf16', action='store_true', help='bfloat16 compute, float32 params')
+  parser.add_argument('--steps_per_call', type=int, default=1,
+                      help='train steps per dispatch (train.steps_per_call: a lax.scan over that many '
+                           'batches); times and FLOPs are per step')
   parser.add_argument('--flops_only', action='store_true',
                       help='print the step\'s FLOPs from its lowered program, then stop')
   parser.add_argument('--flops_per_step', type=float, default=None,
@@ -71,36 +76,40 @@ def main():
                  out_shardings=parallel.replicated(mesh))
   batch_size = config.train.batch_size
   shape = data.image_shape(config.data)
-  step = parallel.jit(lambda s, b: train.train_step(s, b, model=model, optimizer=optimizer, config=config),
-                      in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
-                      donate_argnums=0)
-  if args.flops_only:  # shapes only: no parameters are allocated and nothing is compiled
-    batch = {'images': jax.ShapeDtypeStruct((batch_size, *shape), jnp.float32),
-             'labels': jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
-    flops = lowered_flops(step.lower(jax.eval_shape(init), batch))
+  k = args.steps_per_call
+  stacked = NamedSharding(mesh, P(None, parallel.DATA_AXIS))
+  step = parallel.jit(lambda s, b: train.train_steps(s, b, model=model, optimizer=optimizer, config=config),
+                      in_shardings=(parallel.replicated(mesh), stacked), donate_argnums=0)
+  # FLOPs of one step, from the one-step program (a loop's analysis counts its body once, an unrolled
+  # program's every copy): shapes only, no parameters are allocated and nothing is compiled.
+  one_step = {'images': jax.ShapeDtypeStruct((1, batch_size, *shape), jnp.float32),
+              'labels': jax.ShapeDtypeStruct((1, batch_size), jnp.int32)}
+  step_flops = lambda: lowered_flops(step.lower(jax.eval_shape(init), one_step))
+  if args.flops_only:
+    flops = step_flops()
     print(f'config={args.config} compute={config.model.compute_dtype} global batch={batch_size} '
           f'XLA flops/step (global)={flops:.4e}')
     return
   state = init()
-  batch = parallel.global_batch({
-      'images': jnp.zeros((batch_size, *shape), jnp.float32),
-      'labels': jnp.arange(batch_size, dtype=jnp.int32) % config.data.num_classes}, mesh)
+  batch = jax.device_put({
+      'images': jnp.zeros((k, batch_size, *shape), jnp.float32),
+      'labels': jnp.tile(jnp.arange(batch_size, dtype=jnp.int32) % config.data.num_classes, (k, 1))}, stacked)
   start = time.time()
   lowered = step.lower(state, batch)
   compiled = lowered.compile()
   compile_seconds = time.time() - start
-  flops_per_step = args.flops_per_step or lowered_flops(lowered)
+  flops_per_step = args.flops_per_step or step_flops()
   state, metrics = compiled(state, batch)  # warm-up
   jax.block_until_ready(metrics)
   start = time.time()
   for _ in range(args.steps):
     state, metrics = compiled(state, batch)
   jax.block_until_ready(metrics)
-  seconds = (time.time() - start) / args.steps
+  seconds = (time.time() - start) / (args.steps * k)  # per train step
   device = jax.devices()[0]
   params = sum(x.size for x in jax.tree.leaves(state.params))
   print(f'config={args.config} params={params:,} device={device.device_kind} x{jax.device_count()} '
-        f'compute={config.model.compute_dtype}')
+        f'compute={config.model.compute_dtype} steps_per_call={k}')
   print(f'global batch={batch_size} per-device batch={batch_size // jax.device_count()} '
         f'compile={compile_seconds:.1f}s step={seconds * 1e3:.1f}ms images/s={batch_size / seconds:.1f}')
   peak = peak_flops(device)

@@ -62,6 +62,60 @@ def test_resume_continues_exactly(tmp_path):
     assert losses_resumed[step] == losses_straight[step], step
 
 
+def test_several_steps_per_call_train_like_one_and_act_at_the_calls_that_reach_each_event(tmp_path):
+  """steps_per_call = 3 over 7 steps (calls end at 3, 6 and 7): the state of seven single steps, the
+  mean of the same steps' losses logged at each call's end, checkpoints where a call passed a multiple of
+  checkpoint_every; resuming at step 4 (not a call boundary) continues the same."""
+  one, three, resumed = (str(tmp_path / name) for name in ('one', 'three', 'resumed'))
+  single = train.train_and_evaluate(smoke_config(num_steps=7, checkpoint_every=2), one)
+  config = smoke_config(num_steps=7, checkpoint_every=2)
+  config.train.steps_per_call = 3
+  scanned = train.train_and_evaluate(config, three)
+  for a, b in zip(jax.tree.leaves((single.params, single.ema_params, single.opt_state)),
+                  jax.tree.leaves((scanned.params, scanned.ema_params, scanned.opt_state))):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-7)
+  assert int(scanned.step) == 7
+  losses = dict(read_scalars(os.path.join(one, 'tensorboard'))['loss'])
+  logged = dict(read_scalars(os.path.join(three, 'tensorboard'))['loss'])
+  assert sorted(logged) == [3, 6, 7]
+  for end, steps in ((3, (1, 2, 3)), (6, (4, 5, 6)), (7, (7,))):
+    np.testing.assert_allclose(logged[end], np.mean([losses[s] for s in steps]), rtol=1e-5)
+  saved = sorted(int(name) for name in os.listdir(os.path.join(three, 'checkpoints')) if name.isdigit())
+  assert saved[-2:] == [6, 7] and all(s in (3, 6, 7) for s in saved)  # calls that passed 2, 4 and 6; the last
+  train.train_and_evaluate(smoke_config(num_steps=4), resumed)
+  again = train.train_and_evaluate(config, resumed)  # calls end at 7 (4 → 7)
+  for a, b in zip(jax.tree.leaves(single.params), jax.tree.leaves(again.params)):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-7)
+  with pytest.raises(ConfigError, match='steps_per_call'):
+    bad = smoke_config()
+    bad.train.steps_per_call = 0
+    train.train_and_evaluate(bad, str(tmp_path / 'bad'))
+
+
+def test_the_looped_and_the_unrolled_steps_equal_single_steps():
+  """train_steps over 3 batches, as a loop (GPUs) and written out (the CPU's default), against 3 calls."""
+  config = smoke_config()
+  model, optimizer = build.model_from_config(config), build.optimizer_from_config(config.optim)
+  state = train_state.init_state(config, model, optimizer)
+  rng = np.random.default_rng(0)
+  batches = {'images': jnp.asarray(rng.uniform(-1, 1, (3, 16, 28, 28, 1)), jnp.float32),
+             'labels': jnp.asarray(rng.integers(0, 10, (3, 16)), jnp.int32)}
+  one = jax.jit(lambda s, b: train.train_step(s, b, model=model, optimizer=optimizer, config=config))
+  single, losses = state, []
+  for i in range(3):
+    single, metrics = one(single, jax.tree.map(lambda x: x[i], batches))
+    losses.append(float(metrics['loss']))
+  for unroll in (False, True):
+    run = jax.jit(lambda s, b: train.train_steps(s, b, model=model, optimizer=optimizer, config=config,
+                                                 unroll=unroll))
+    scanned, metrics = run(state, batches)
+    np.testing.assert_allclose(np.asarray(metrics['loss']), losses, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves((single.params, single.ema_params)),
+                    jax.tree.leaves((scanned.params, scanned.ema_params))):
+      np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-7)
+    assert int(scanned.step) == 3
+
+
 def test_one_step_on_tfds_mock_cifar10(tmp_path):
   config = smoke_config(num_steps=1, batch_size=4)
   config.data.update(dict(name='cifar10', image_size=32, random_flip=True))
