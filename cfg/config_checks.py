@@ -77,8 +77,7 @@ def check_config(config):
   t = config.train
   _require(t.batch_size >= 1 and t.num_steps >= 0, 'config.train.batch_size must be positive, num_steps >= 0.')
   _require(t.checkpoint_every >= 1, 'config.train.checkpoint_every must be >= 1.')
-  _require(isinstance(t.steps_per_call, int) and t.steps_per_call >= 1,
-           f'config.train.steps_per_call={t.steps_per_call!r} must be a whole number of steps, 1 or more.')
+  check_steps_per_call(t)
   _require(t.on_nonfinite in ('skip', 'stop'),
            f'config.train.on_nonfinite={t.on_nonfinite!r}; use skip or stop.')
   m = config.model
@@ -127,6 +126,11 @@ def _check_sampling(config):
   _require(s.labels in LABEL_PROTOCOLS,
            f'config.sampling.labels={s.labels!r} is unknown; use balanced (every class equally often) or '
            'uniform (independent uniform draws).')
+
+
+def check_steps_per_call(train):
+  _require(isinstance(train.steps_per_call, int) and train.steps_per_call >= 1,
+           f'config.train.steps_per_call={train.steps_per_call!r} must be a whole number of steps, 1 or more.')
 
 
 def _check_evaluation(config):

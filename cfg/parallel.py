@@ -110,9 +110,14 @@ def check_divisible(global_batch_size, mesh, what='batch_size'):
         f'choose a multiple of {num_devices}.')
 
 
-def global_batch(local_batch, mesh):
-  """Assembles the global, 'data'-sharded array from each process's rows of the batch."""
-  sharding = batch_sharded(mesh)
+def stacked_batch_sharded(mesh):
+  """[n, B, …]: n batches, each split along 'data' as one batch is."""
+  return NamedSharding(mesh, P(None, DATA_AXIS))
+
+
+def global_batch(local_batch, mesh, sharding=None):
+  """Assembles the global array (default: 'data'-sharded) from each process's rows of the batch."""
+  sharding = sharding or batch_sharded(mesh)
   return jax.tree.map(
       lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch)
 

@@ -12,10 +12,9 @@ from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from cfg import build, data, files, generate, parallel
-from cfg.config_checks import ConfigError
+from cfg.config_checks import ConfigError, check_steps_per_call
 from cfg.errors import ResumeMismatchError, TrainingDivergedError
 from cfg.losses import loss_from_draws, metric_means, training_draws
 from cfg.metric_writer import MetricWriter, Progress, image_grid
@@ -168,9 +167,7 @@ def train_and_evaluate(config, workdir):
     raise ConfigError(f'config.train.grad_accum_steps={accum} must be >= 1 and split the batch of '
                       f'{config.train.batch_size} into micro-batches that divide over the {mesh.devices.size} '
                       f'devices: batch_size must be a multiple of grad_accum_steps × {mesh.devices.size}.')
-  if not (isinstance(config.train.steps_per_call, int) and config.train.steps_per_call >= 1):
-    raise ConfigError(f'config.train.steps_per_call={config.train.steps_per_call!r} must be a whole number '
-                      'of steps, 1 or more.')
+  check_steps_per_call(config.train)
   model = build.model_from_config(config)
   optimizer = build.optimizer_from_config(config.optim)
   state, checkpoints = restore_or_init(config, workdir, model=model, optimizer=optimizer, mesh=mesh)
@@ -184,7 +181,7 @@ def train_and_evaluate(config, workdir):
     print(f'resuming from the checkpoint at step {start_step} in {workdir}', flush=True)
 
   per_call = config.train.steps_per_call
-  stacked = NamedSharding(mesh, P(None, parallel.DATA_AXIS))  # [n, B, …]: each step's batch split as one
+  stacked = parallel.stacked_batch_sharded(mesh)
   step_fn = parallel.jit(
       functools.partial(train_steps, model=model, optimizer=optimizer, config=config),
       in_shardings=(parallel.replicated(mesh), stacked),
@@ -202,9 +199,7 @@ def train_and_evaluate(config, workdir):
       before, count = step, min(per_call, t.num_steps - step)
       local = [next(batches) for _ in range(count)]
       local = jax.tree.map(lambda *rows: np.stack(rows), *local)  # [n, local B, …]
-      global_batches = jax.tree.map(
-          lambda x: jax.make_array_from_process_local_data(stacked, np.asarray(x)), local)
-      state, metrics = step_fn(state, global_batches)
+      state, metrics = step_fn(state, parallel.global_batch(local, mesh, stacked))
       step += count
       pending.append(metrics)
       last = step == t.num_steps

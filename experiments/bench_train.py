@@ -24,7 +24,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
 from cfg import build, data, parallel, train, train_state  # noqa: E402
 
@@ -77,7 +76,7 @@ def main():
   batch_size = config.train.batch_size
   shape = data.image_shape(config.data)
   k = args.steps_per_call
-  stacked = NamedSharding(mesh, P(None, parallel.DATA_AXIS))
+  stacked = parallel.stacked_batch_sharded(mesh)
   step = parallel.jit(lambda s, b: train.train_steps(s, b, model=model, optimizer=optimizer, config=config),
                       in_shardings=(parallel.replicated(mesh), stacked), donate_argnums=0)
   # FLOPs of one step, from the one-step program (a loop's analysis counts its body once, an unrolled
