@@ -40,7 +40,7 @@ def config_warnings(config):
   messages = []
   if s.sampler == 'heun' and s.grid == 'uniform_u':
     # σ_e = e^{−λ/2} = tan(a u + b) on the truncated-cosine grid (paper §1), u = 1 and 1 − 1/(T − 1).
-    levels = s.num_steps if s.nfe is None else s.nfe // 2 + 1
+    levels = s.num_steps if s.nfe is None else (s.nfe + 1) // 2 + 1  # num_steps_for_nfe
     b = math.atan(math.exp(-0.5 * d.logsnr_max))
     a = math.atan(math.exp(-0.5 * d.logsnr_min)) - b
     sigmas = [math.tan(a * u + b) for u in (1.0, 1.0 - 1.0 / (levels - 1))]
@@ -114,9 +114,8 @@ def _check_sampling(config):
   _require(s.num_steps >= 2, f'config.sampling.num_steps={s.num_steps} must be at least 2 grid levels '
            '(from λ_min to λ_max); a positive number of steps.')
   if s.nfe is not None:
-    _require(s.nfe >= 1 and (s.sampler != 'heun' or s.nfe % 2 == 0),
-             f'config.sampling.nfe={s.nfe} must be a positive number of network evaluations per image '
-             '(even for heun, which evaluates twice per step).')
+    _require(s.nfe >= 1, f'config.sampling.nfe={s.nfe} must be a positive number of network '
+             'evaluations per image.')
   _require(0.0 <= s.variance_interp <= 1.0,
            f'config.sampling.variance_interp={s.variance_interp} must lie in [0, 1] (paper: 0.3 or 0.2).')
   _require(0.0 <= s.eta <= 1.0, f'config.sampling.eta={s.eta} must lie in [0, 1] (DDIM: 0 deterministic, '

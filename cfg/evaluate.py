@@ -27,7 +27,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from cfg import data, files, generate, parallel
+from cfg import data, files, generate, parallel, solvers
 from cfg.config_checks import guidance_weights
 from cfg.errors import MissingInputError
 from cfg.checkpoints import checksums
@@ -154,13 +154,17 @@ def dinov2_space(config):
 
 def _sampling_choices(config):
   """What else changes the samples, beyond the paper's cfg + ancestral: [] for those, so their tags
-  stay as they were. DDIM's tag changed when its wasted last call was dropped ('ddim: T-1 steps')."""
+  stay as they were. DDIM's tag changed when its wasted last call was dropped ('ddim: T-1 steps'),
+  DPM-Solver++'s and Heun's when their last step became first order, the edm grid's when it was
+  capped at EDM's σ_max."""
   s, g = config.sampling, config.guidance
   choices = {}
   if s.sampler != 'ancestral':
     choices.update(solver_version='ode: T-1 steps, x = z_T/alpha_T', eta=s.eta)
+    if s.sampler in ('dpmpp_2m', 'heun'):
+      choices['solver_version'] += ', last step first order'
   if s.grid != 'uniform_u':
-    choices['grid'] = s.grid
+    choices['grid'] = s.grid if s.grid != 'edm' else f'edm, sigma_max {solvers.EDM_SIGMA_MAX:g}'
   if s.labels != 'uniform':  # uniform was the only protocol before sampling.labels
     choices['labels'] = s.labels
   if g.method != 'cfg':

@@ -19,7 +19,7 @@ fold_in(k_i, 0), step t's noise from fold_in(k_i, t + 1)). `example_ids` are glo
 indices, so a sample does not depend on how its batch was split across calls or devices.
 
 Network evaluations per image (`count_evaluations`): ancestral T, DDIM and DPM-Solver++ T − 1,
-Heun 2(T − 1), each doubled at guided levels (a guided 2B call counts 2, a skipped one 1).
+Heun 2(T − 1) − 1 (its last step is Euler's), each doubled at guided levels (a guided 2B call counts 2, a skipped one 1).
 
 Jitting: keep the network parameters an argument so they are not baked into the program, e.g.
 
@@ -203,7 +203,8 @@ def sample(denoise: Denoiser, *, key: Array, labels: ArrayLike, image_shape: Seq
   logsnrs, logsnrs_next = _levels(grid_values, evaluates_last_level=solver.evaluates_last_level)
   plan = (guidance_plan(logsnrs, logsnr_lo=params.logsnr_lo, logsnr_hi=params.logsnr_hi)
           if guide and method.skip_outside_interval else None)
-  levels = Level(jnp.arange(logsnrs.shape[0]), logsnrs, logsnrs_next, plan)
+  index = jnp.arange(logsnrs.shape[0])
+  levels = Level(index, logsnrs, logsnrs_next, plan, index == logsnrs.shape[0] - 1)
 
   def body(carry: Carry, lv: Level) -> tuple[Carry, None]:
     draw_noise = lambda: _example_noise(example_keys, lv.index + 1, image_shape)
@@ -277,10 +278,10 @@ def sample_sweep(sampler_fn: Callable[..., Array], *, guidance_weights: Optional
 
 
 def num_steps_for_nfe(solver: Union[str, Solver], nfe: int) -> int:
-  """The grid levels T that spend `nfe` unguided evaluations per image (ancestral T = nfe; ddim and
-  dpmpp_2m T = nfe + 1; heun, two evaluations a step, T = nfe/2 + 1)."""
+  """The most grid levels T whose unguided evaluations per image fit in `nfe` (ancestral T = nfe;
+  ddim and dpmpp_2m T = nfe + 1; heun, two evaluations a step and one at the last, 2T − 3 ≤ nfe)."""
   solver = solvers.get_solver(solver) if isinstance(solver, str) else solver
-  steps = nfe // solver.evals
+  steps = (nfe + solver.evals - solver.last_evals) // solver.evals
   return steps if solver.evaluates_last_level else steps + 1
 
 
@@ -300,7 +301,8 @@ def count_evaluations(*, solver: Union[str, Solver], method: Union[str, Method] 
                       logsnr_max: float = diffusion.LOGSNR_MAX) -> Evaluations:
   """Exact network evaluations per image of one `sample` call (host ints; params concrete scalars).
 
-  A guided 2B call counts 2 (main + ref), a skipped guiding branch 0, Heun's second evaluation 1.
+  A guided 2B call counts 2 (main + ref), a skipped guiding branch 0, Heun's second evaluation 1
+  (none at the last step).
   """
   method = guidance.get_method(method) if isinstance(method, str) else method
   solver = solvers.get_solver(solver) if isinstance(solver, str) else solver
@@ -309,10 +311,12 @@ def count_evaluations(*, solver: Union[str, Solver], method: Union[str, Method] 
     grid_values = np.asarray(grid_fn(num_steps, logsnr_min=logsnr_min, logsnr_max=logsnr_max))
   logsnrs = grid_values if solver.evaluates_last_level else grid_values[:-1]
   if not guide:
-    guided = 0
+    plan = np.zeros(len(logsnrs), bool)
   elif method.skip_outside_interval:
-    guided = int(np.sum(guidance_plan(logsnrs, logsnr_lo=np.float32(np.asarray(params.logsnr_lo)),
-                                      logsnr_hi=np.float32(np.asarray(params.logsnr_hi)))))
+    plan = np.asarray(guidance_plan(logsnrs, logsnr_lo=np.float32(np.asarray(params.logsnr_lo)),
+                                    logsnr_hi=np.float32(np.asarray(params.logsnr_hi))))
   else:
-    guided = len(logsnrs)
-  return Evaluations(main=solver.evals * len(logsnrs), ref=solver.evals * guided)
+    plan = np.ones(len(logsnrs), bool)
+  saved = solver.evals - solver.last_evals  # the last step's skipped evaluations (Heun: 1)
+  return Evaluations(main=solver.evals * len(logsnrs) - saved,
+                     ref=solver.evals * int(np.sum(plan)) - saved * int(plan[-1]))

@@ -91,7 +91,7 @@ def _add_training(config):
 
 def _add_sampling_and_evaluation(config):
   # Solvers (cfg/solvers.py): ancestral = Algorithm 2 (v = variance_interp), ddim (η = eta),
-  # dpmpp_2m (DPM-Solver++(2M)), heun (EDM). Grids: uniform_u (Algorithm 2), uniform_logsnr, edm (ρ = 7).
+  # dpmpp_2m (DPM-Solver++(2M)), heun (EDM). Grids: uniform_u (Algorithm 2), uniform_logsnr, edm (ρ = 7, σ_e ≤ 80).
   config.sampling = config_dict.ConfigDict(dict(
       sampler='ancestral',  # ancestral | ddim | dpmpp_2m | heun
       grid='uniform_u',  # uniform_u | uniform_logsnr | edm

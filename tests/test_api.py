@@ -43,12 +43,13 @@ def test_the_readme_example_runs_in_a_fresh_process(workdir, tmp_path):
     np.testing.assert_array_equal(r['labels'], np.arange(10))
     assert int(r['nfe']) == 2 * 3  # smoke: DDIM, T = 4, three guided steps of 2 evaluations
     assert r['heun'].shape == (1, 10, 28, 28, 1)
-    # Heun on EDM's T = 5 grid over λ ∈ [−20, 20]: steps start at λ = −20, −16.2, −11.1, −2.8; the two
-    # inside [−12, 2] are guided. 4 steps × 2 evaluations + 2 guided steps × 2 unconditional ones.
-    sigma = (np.exp(10) ** (1 / 7) + np.linspace(0, 1, 5) * (np.exp(-10) ** (1 / 7) - np.exp(10) ** (1 / 7))) ** 7
+    # Heun on EDM's T = 5 grid from σ_e = 80 to e^{−10}: steps start at λ = −8.8, −5.3, −0.7, 6.1; the
+    # three inside [−12, 2] are guided. 4 steps × 2 evaluations − 1 (the last is Euler's) + 3 guided
+    # steps × 2 unconditional ones.
+    sigma = (80 ** (1 / 7) + np.linspace(0, 1, 5) * (np.exp(-10) ** (1 / 7) - 80 ** (1 / 7))) ** 7
     starts = -2 * np.log(sigma[:-1])
     guided = np.sum((starts >= -12) & (starts <= 2))
-    assert guided == 2 and int(r['heun_nfe']) == 2 * 4 + 2 * guided
+    assert guided == 3 and int(r['heun_nfe']) == 2 * 4 - 1 + 2 * guided
     assert np.isfinite(r['fd']) and 0.0 <= float(r['accuracy']) <= 1.0
   assert '(3, 10, 28, 28, 1) 6' in result.stdout
 

@@ -37,7 +37,7 @@ def test_config_names_equal_the_registries():
     ({'guidance.method': 'cfgpp', 'sampling.sampler': 'ddim'}, r'CFG\+\+ takes w ∈ \[−1, 0\]'),
     ({'guidance.method': 'autoguidance'}, 'needs guidance.guide_workdir'),
     ({'sampling.num_steps': 1}, 'must be at least 2 grid levels'),
-    ({'sampling.nfe': 7, 'sampling.sampler': 'heun'}, 'even for heun'),
+    ({'sampling.nfe': 0, 'sampling.sampler': 'heun'}, 'must be a positive number of network'),
     ({'guidance.apg_norm_cap': 0.0}, 'apg_norm_cap=0.0 .* must be positive'),
 ])
 def test_bad_sampling_and_guidance_fields_give_one_clear_message(overrides, message):
@@ -52,11 +52,12 @@ def test_bad_sampling_and_guidance_fields_give_one_clear_message(overrides, mess
 def test_nfe_budget_sets_the_number_of_steps():
   config = smoke_config()
   for sampler, nfe, steps, total in (('ancestral', 8, 8, 16), ('ddim', 8, 9, 16),
-                                     ('dpmpp_2m', 8, 9, 16), ('heun', 8, 5, 16)):
+                                     ('dpmpp_2m', 8, 9, 16), ('heun', 8, 5, 14), ('heun', 7, 5, 14)):
     config.sampling.update(dict(sampler=sampler, nfe=nfe))
     check_config(config)
     assert generate.num_steps(config) == steps
-    assert generate.evaluations(config).total == total  # guided: twice the unguided budget
+    # Guided: twice the unguided evaluations, ≤ the budget (Heun: 2(T − 1) − 1 = 7).
+    assert generate.evaluations(config).total == total
 
 
 def test_every_batch_gets_its_own_labels():

@@ -131,8 +131,8 @@ def sampled():
 
 def reference_grid(steps):
   """EDM's λ_i = −2 log σ_i, σ_i = (σ_max^{1/ρ} + (i/steps)(σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ, ρ = 7,
-  σ_max = e^{−λ_min/2}, σ_min = e^{−λ_max/2}, i = 0 … steps (float64)."""
-  first, last = np.exp(-LOGSNR_MIN / 14), np.exp(-LOGSNR_MAX / 14)
+  σ_max = min(80, e^{−λ_min/2}) = 80 here, σ_min = e^{−λ_max/2}, i = 0 … steps (float64)."""
+  first, last = min(80.0, np.exp(-LOGSNR_MIN / 2))**(1 / 7), np.exp(-LOGSNR_MAX / 14)
   return -14 * np.log(first + np.linspace(0, 1, steps + 1) * (last - first))
 
 
@@ -221,7 +221,7 @@ def reference_prediction(name, z, logsnr, *, guided=True, state=None):
 
 @functools.cache
 def _ode_end(name, segments):
-  start = documented_noise(0)[0] / _alpha_sigma(LOGSNR_MIN)[0]
+  start = documented_noise(0)[0] / _alpha_sigma(segments[0][0])[0]
   y = start.ravel()
   for logsnr_start, logsnr_end, guided in segments:
     def velocity(log_sigma, flat, guided=guided):
@@ -298,9 +298,9 @@ def reference_sampler(name, solver, *, steps, eta=0.0):
   """x̂ [PATHS, DIM] of `solver` driven by `documented_noise`, every formula in float64.
 
   ancestral and DDIM as `reference_moments`; DPM-Solver++(2M) z' = (σ'/σ) z − α'(e^{−h} − 1) D,
-  h = (λ' − λ)/2, D = (1 + 1/2r) x̃ − (1/2r) x̃₋ with r = h₋/h (D = x̃ first); Heun in ẑ = z/α:
-  ẑ_E = ẑ + (σ_e' − σ_e) ε̂, ẑ' = ẑ + (σ_e' − σ_e)(ε̂ + ε̂(ẑ_E, λ'))/2. A method state (APG's Δ)
-  advances at every evaluation.
+  h = (λ' − λ)/2, D = (1 + 1/2r) x̃ − (1/2r) x̃₋ with r = h₋/h (D = x̃ first and last); Heun in
+  ẑ = z/α: ẑ_E = ẑ + (σ_e' − σ_e) ε̂, ẑ' = ẑ + (σ_e' − σ_e)(ε̂ + ε̂(ẑ_E, λ'))/2, ẑ' = ẑ_E at the last
+  step. A method state (APG's Δ) advances at every evaluation.
   """
   grid, noise = reference_grid(steps), documented_noise(steps)
   z, state, previous = noise[0], None, None
@@ -319,13 +319,17 @@ def reference_sampler(name, solver, *, steps, eta=0.0):
       z = alpha_next * x + np.sqrt(sigma_next**2 - noise_std**2) * eps + noise_std * noise[t + 1]
     elif solver == 'dpmpp_2m':
       h = 0.5 * (logsnr_next - logsnr)
-      half_inverse_r = 0.0 if previous is None else h / (2 * previous[1])
-      d = x if previous is None else (1 + half_inverse_r) * x - half_inverse_r * previous[0]
+      last = t == steps - 1
+      half_inverse_r = 0.0 if previous is None or last else h / (2 * previous[1])
+      d = x if previous is None or last else (1 + half_inverse_r) * x - half_inverse_r * previous[0]
       z = sigma_next / sigma * z - alpha_next * np.expm1(-h) * d
       previous = (x, h)
     else:
       step = sigma_next / alpha_next - sigma / alpha
       z_hat_euler = z / alpha + step * eps
+      if t == steps - 1:
+        z = alpha_next * z_hat_euler
+        continue
       _, eps_euler, state = reference_prediction(name, alpha_next * z_hat_euler, logsnr_next,
                                                  guided=guided, state=state)
       z = alpha_next * (z / alpha + step * (eps + eps_euler) / 2)

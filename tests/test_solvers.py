@@ -112,12 +112,14 @@ def test_grids_span_the_range_and_follow_their_formulas():
                              reference_grid(steps, lo, hi), rtol=1e-5, atol=1e-4)
   np.testing.assert_allclose(solvers.uniform_logsnr_grid(steps, logsnr_min=lo, logsnr_max=hi),
                              np.linspace(lo, hi, steps), atol=1e-5)
-  # EDM: σ_i = (σ_max^{1/7} + i/(N − 1)(σ_min^{1/7} − σ_max^{1/7}))^7 with σ = e^{−λ/2}.
-  sigma_max, sigma_min = np.exp(-lo / 2), np.exp(-hi / 2)
-  ramp = np.linspace(0, 1, steps)
-  sigmas = (sigma_max**(1 / 7) + ramp * (sigma_min**(1 / 7) - sigma_max**(1 / 7)))**7
-  np.testing.assert_allclose(solvers.edm_grid(steps, logsnr_min=lo, logsnr_max=hi),
-                             -2 * np.log(sigmas), rtol=1e-5, atol=1e-4)
+  # EDM: σ_i = (σ_max^{1/7} + i/(N − 1)(σ_min^{1/7} − σ_max^{1/7}))^7 with σ = e^{−λ/2}, from EDM's
+  # σ_max = 80 when λ_min lies below −2 log 80 (here e^6 = 403 would be the top), else e^{−λ_min/2}.
+  for bottom, sigma_max in ((lo, 80.0), (-6.0, np.exp(3.0))):
+    sigma_min = np.exp(-hi / 2)
+    ramp = np.linspace(0, 1, steps)
+    sigmas = (sigma_max**(1 / 7) + ramp * (sigma_min**(1 / 7) - sigma_max**(1 / 7)))**7
+    np.testing.assert_allclose(solvers.edm_grid(steps, logsnr_min=bottom, logsnr_max=hi),
+                               -2 * np.log(sigmas), rtol=1e-5, atol=1e-4)
   np.testing.assert_allclose(solvers.edm_sigma_to_logsnr(jnp.array([0.28, 2.9])),
                              -2 * np.log([0.28, 2.9]), rtol=1e-6)
   with pytest.raises(ValueError, match="Unknown sampling grid 'cosine'"):

@@ -24,9 +24,9 @@ def _costs(tmp_path, field, values, base_overrides=()):
 
 def test_cost_counts_each_solver_s_evaluations(tmp_path):
   # T = 4 levels, every level guided (a 2B call counts 2): ancestral evaluates all 4 levels, DDIM and
-  # DPM-Solver++ the 3 before λ_max, Heun twice on each of its 3 steps.
+  # DPM-Solver++ the 3 before λ_max, Heun twice on each of its 3 steps but the last (Euler's, once).
   costs = _costs(tmp_path, 'sampling.sampler', ('ancestral', 'ddim', 'dpmpp_2m', 'heun'))
-  expected = {'ancestral': 2 * 4, 'ddim': 2 * 3, 'dpmpp_2m': 2 * 3, 'heun': 2 * 2 * 3}
+  expected = {'ancestral': 2 * 4, 'ddim': 2 * 3, 'dpmpp_2m': 2 * 3, 'heun': 2 * (2 * 3 - 1)}
   for sampler, nfe in expected.items():
     assert costs[sampler]['num_steps'] == 4
     assert costs[sampler]['nfe_per_image'] == nfe, sampler
@@ -44,10 +44,11 @@ def test_cost_counts_the_interval_s_skipped_calls_and_an_nfe_budget(tmp_path):
   costs = _costs(tmp_path, 'guidance.logsnr_hi', (0.0, 20.0), interval)
   assert [costs[hi]['nfe_per_image'] for hi in (0.0, 20.0)] == [6, 7]
   assert [costs[hi]['image_nfe'] for hi in (0.0, 20.0)] == [6 * IMAGES, 7 * IMAGES]
-  # sampling.nfe = 16 unguided evaluations: Heun takes 8 steps (T = 9), 32 with the guiding branch.
+  # sampling.nfe = 16 unguided evaluations: Heun takes 8 steps (T = 9), 2 · 8 − 1 = 15 evaluations
+  # (the last step is Euler's), 30 with the guiding branch.
   costs = _costs(tmp_path, 'sampling.nfe', (16,), (('sampling.sampler', 'heun'),))
-  assert (costs[16]['num_steps'], costs[16]['nfe_per_image']) == (9, 32)
-  assert costs[16]['image_nfe'] == 32 * IMAGES
+  assert (costs[16]['num_steps'], costs[16]['nfe_per_image']) == (9, 30)
+  assert costs[16]['image_nfe'] == 30 * IMAGES
 
 
 def test_dry_run_prints_the_image_nfe_and_the_commands(tmp_path):
