@@ -1,0 +1,42 @@
+"""The committed Fashion-MNIST frontier: its report regenerates byte for byte from its results.json, and
+every number in that collection is a row of a committed evaluation's own results.json."""
+
+import glob
+import json
+import os
+
+import pytest
+
+from cfg import report
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FRONTIER = os.path.join(ROOT, 'experiments', 'fashion_mnist', 'frontier')
+REPORTS = sorted(os.path.dirname(path) for path in glob.glob(os.path.join(FRONTIER, '*', 'report.md'))
+                 + glob.glob(os.path.join(FRONTIER, 'report.md')))
+
+
+def _read(path):
+  with open(path) as f:
+    return json.load(f)
+
+
+def test_there_is_a_committed_report():
+  assert REPORTS, f'no report.md under {FRONTIER}'
+
+
+@pytest.mark.parametrize('folder', REPORTS, ids=[os.path.relpath(f, FRONTIER) for f in REPORTS])
+def test_the_committed_report_regenerates_byte_for_byte(folder, tmp_path):
+  table1 = os.path.join(folder, 'table1.json')
+  page = report.write_report(os.path.join(folder, 'results.json'), tmp_path,
+                             table1=table1 if os.path.exists(table1) else None)
+  with open(os.path.join(folder, 'report.md')) as f:
+    assert page == f.read()
+  assert (tmp_path / 'report.md').read_bytes() == open(os.path.join(folder, 'report.md'), 'rb').read()
+
+
+@pytest.mark.parametrize('folder', REPORTS, ids=[os.path.relpath(f, FRONTIER) for f in REPORTS])
+def test_the_collection_is_the_committed_evaluations(folder):
+  evaluations = [_read(path) for path in glob.glob(os.path.join(FRONTIER, 'run', 'eval', '*', 'results.json'))]
+  for name, cell in _read(os.path.join(folder, 'results.json'))['cells'].items():
+    matches = [e for e in evaluations if e['info'] == cell['info'] and e['rows'] == cell['rows']]
+    assert matches, f'cell {name}: no committed evaluation under run/eval has its info and rows'
