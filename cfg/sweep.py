@@ -102,6 +102,16 @@ def _label(field, value):
   return f'{field}={value}'
 
 
+def _merged(*groups):
+  """One (field, value) per field, the last group's value winning (as `job_config` applies them): a
+  field given twice on a command line would be parsed once, by the flag parser's rule, not ours."""
+  merged = {}
+  for field, value in (pair for group in groups for pair in group):
+    merged.pop(field, None)
+    merged[field] = value
+  return tuple(merged.items())
+
+
 def expand(sweep, root, extra_overrides=()):
   """The jobs of a sweep; training jobs get a workdir each, sampling jobs share their trained run's.
 
@@ -112,13 +122,13 @@ def expand(sweep, root, extra_overrides=()):
   base_name = getattr(sweep, 'run', '') or ','.join(_label(f, v) for f, v in base) or 'base'
   if isinstance(sweep, Grid):
     in_root = lambda cell: tuple((f, os.path.join(root, v.name) if isinstance(v, RunDir) else v) for f, v in cell)
-    guides = [Job(name, os.path.join(root, name), tuple(extra_overrides) + base + tuple(overrides),
+    guides = [Job(name, os.path.join(root, name), _merged(extra_overrides, base, overrides),
                   train=True, evaluate=False) for name, overrides in sweep.guides]
     return guides + [Job(f'{base_name}/' + ','.join(_label(f, v) for f, v in cell), os.path.join(root, base_name),
-                         tuple(extra_overrides) + base + in_root(cell), train=False) for cell in sweep.cells]
+                         _merged(extra_overrides, base, in_root(cell)), train=False) for cell in sweep.cells]
   jobs = []
   for value, seeded in sweep.runs():
-    overrides = tuple(extra_overrides) + base + ((sweep.field, value),) + seeded
+    overrides = _merged(extra_overrides, base, ((sweep.field, value),), seeded)
     if sweep.train:
       name = (f'{sweep.run}/{sweep.label(value, seeded)}' if sweep.run
               else ','.join(_label(f, v) for f, v in base + ((sweep.field, value),) + seeded))

@@ -85,6 +85,11 @@ def test_the_frontier_grids_cover_the_solvers_methods_and_checkpoints(capsys):
     for job, config, _ in planned:
       config.mode = 'eval'
       check_config(config)  # every cell is a valid evaluation (CFG++ only with DDIM, …)
+      # Each field once on the command line, with the value the cell's config has: CFG++'s own w grid
+      # replaces the base grid (repeated, the flag parser kept the first and the cell failed).
+      flags = [flag.split('=', 1) for flag in job.command('c.py', 'eval')[6:]]
+      assert len({field for field, _ in flags}) == len(flags), flags
+      assert dict(flags).get('--config.guidance.weights', str(config.guidance.weights)) == str(config.guidance.weights)
     guided_by = {c['guidance.guide_workdir'] for c in cells if c.get('guidance.method') == 'autoguidance'}
     assert guided_by == {guide.workdir}
     assert {(c['sampling.sampler'], c['sampling.nfe']) for c in cells if 'guidance.method' not in c
