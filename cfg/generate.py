@@ -19,7 +19,7 @@ from cfg.config_checks import LABEL_PROTOCOLS, ConfigError
 
 def num_steps(config):
   """T: `sampling.num_steps`, or the grid levels that spend `sampling.nfe` unguided evaluations per
-  image (ancestral T = nfe; ddim, dpmpp_2m T = nfe + 1; heun T = nfe/2 + 1)."""
+  image (ancestral T = nfe; ddim, dpmpp_2m T = nfe + 1; heun the largest T with 2T − 3 ≤ nfe)."""
   s = config.sampling
   return s.num_steps if s.nfe is None else samplers.num_steps_for_nfe(s.sampler, s.nfe)
 

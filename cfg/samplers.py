@@ -19,7 +19,8 @@ fold_in(k_i, 0), step t's noise from fold_in(k_i, t + 1)). `example_ids` are glo
 indices, so a sample does not depend on how its batch was split across calls or devices.
 
 Network evaluations per image (`count_evaluations`): ancestral T, DDIM and DPM-Solver++ T − 1,
-Heun 2(T − 1) − 1 (its last step is Euler's), each doubled at guided levels (a guided 2B call counts 2, a skipped one 1).
+Heun 2(T − 1) − 1 (its last step is Euler's), each doubled at guided levels (a guided 2B call counts 2,
+a skipped one 1).
 
 Jitting: keep the network parameters an argument so they are not baked into the program, e.g.
 
