@@ -27,11 +27,10 @@ def test_there_is_a_committed_report():
 @pytest.mark.parametrize('folder', REPORTS, ids=[os.path.relpath(f, FRONTIER) for f in REPORTS])
 def test_the_committed_report_regenerates_byte_for_byte(folder, tmp_path):
   table1 = os.path.join(folder, 'table1.json')
-  page = report.write_report(os.path.join(folder, 'results.json'), tmp_path,
-                             table1=table1 if os.path.exists(table1) else None)
-  with open(os.path.join(folder, 'report.md')) as f:
-    assert page == f.read()
-  assert (tmp_path / 'report.md').read_bytes() == open(os.path.join(folder, 'report.md'), 'rb').read()
+  report.write_report(os.path.join(folder, 'results.json'), tmp_path,
+                      table1=table1 if os.path.exists(table1) else None)
+  with open(os.path.join(folder, 'report.md'), 'rb') as f:
+    assert (tmp_path / 'report.md').read_bytes() == f.read()
 
 
 @pytest.mark.parametrize('folder', REPORTS, ids=[os.path.relpath(f, FRONTIER) for f in REPORTS])
