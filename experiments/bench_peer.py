@@ -10,7 +10,7 @@ Both run on the CPU with this machine's cores. The rounds alternate: a JAX round
 round in a worker process that waits while JAX runs, so the two never compete for the cores.
 Times are the minimum over rounds (the least disturbed), ratios are project ÷ peer throughput. The
 project runs as it is and as it was before each change that mattered (`SIDES`: XLA's default CPU
-options; flax's threefry dropout mask), interleaved in the same rounds.
+options; flax's threefry dropout mask; flax's GroupNorm under autodiff), interleaved in the same rounds.
 
 - train step: batch 64, forward + backward + Adam (the project's full step: Algorithm 1's loss,
   clipping, EMA; the peer's: ε-MSE, Adam);
@@ -32,6 +32,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -84,26 +85,43 @@ def threefry_keep_mask(key, shape, rate):
   return jax.random.bernoulli(key, 1.0 - rate, shape)
 
 
-# The project as it was before each change that mattered, and now: (XLA options, dropout mask).
+def autodiff_group_norm_modulated(x, gamma, beta, scale, shift, groups, silu):
+  """The norm the project ran before cfg.models.layers.group_norm_modulated: flax's nn.GroupNorm, then
+  the scale-shift and SiLU, differentiated by autodiff."""
+  y = nn.GroupNorm(num_groups=groups, epsilon=layers.GROUP_NORM_EPS, parent=None).apply(
+      {'params': {'scale': gamma, 'bias': beta}}, x)
+  y = y * (1.0 + scale[:, None, None]) + shift[:, None, None]
+  return nn.silu(y) if silu else y
+
+
+# The project as it was before each change that mattered, and now: XLA options and the layers.* functions
+# swapped in while the programs are traced.
+BEFORE_FUSED_NORM = {'dropout_keep_mask': threefry_keep_mask,
+                     'group_norm_modulated': autodiff_group_norm_modulated}
 SIDES = {
-    'XLA defaults, threefry dropout': ({}, threefry_keep_mask),
-    'threefry dropout': (parallel.compiler_options(), threefry_keep_mask),
-    'project': (parallel.compiler_options(), layers.dropout_keep_mask),
+    'XLA defaults, threefry dropout, autodiff GroupNorm': ({}, BEFORE_FUSED_NORM),
+    'autodiff GroupNorm': (parallel.compiler_options(),
+                           {'group_norm_modulated': autodiff_group_norm_modulated}),
+    'project': (parallel.compiler_options(), {}),
 }
 
 
-def project_programs(options, keep_mask=layers.dropout_keep_mask):
+def project_programs(options, swaps=None):
   """{name: zero-argument callable that runs one program to completion}, and FLOPs per image.
 
   `options`: XLA compiler options for all three programs (parallel.compiler_options() or {});
-  `keep_mask`: the dropout mask the train step draws (layers.dropout_keep_mask or threefry_keep_mask).
+  `swaps`: {name: function} in cfg.models.layers to use instead while the programs are traced (the
+  dropout mask, the norm), e.g. `BEFORE_FUSED_NORM`.
   """
-  project_mask = layers.dropout_keep_mask
-  layers.dropout_keep_mask = keep_mask  # read when the programs are traced, below
+  swaps = swaps or {}
+  project = {name: getattr(layers, name) for name in swaps}
+  for name, function in swaps.items():
+    setattr(layers, name, function)
   try:
     return _project_programs(options)
   finally:
-    layers.dropout_keep_mask = project_mask
+    for name, function in project.items():
+      setattr(layers, name, function)
 
 
 def _project_programs(options):
@@ -152,7 +170,7 @@ def main():
   peer = subprocess.Popen([args.torch_python, '-c', _PEER], stdin=subprocess.PIPE,
                           stdout=subprocess.PIPE, text=True)
   peer_info = json.loads(peer.stdout.readline())
-  sides = {side: project_programs(options, mask) for side, (options, mask) in SIDES.items()}
+  sides = {side: project_programs(options, swaps) for side, (options, swaps) in SIDES.items()}
   info = sides['project'][1]
 
   def peer_run(name):

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from cfg.models import UNet, count_params
-from cfg.models.layers import (AttentionBlock, Dropout, ResBlock, dropout_keep_mask, time_from_logsnr,
-                               timestep_embedding)
+from cfg.models.layers import (AttentionBlock, Dropout, GroupNorm32, ResBlock, dropout_keep_mask,
+                               group_norm_modulated, time_from_logsnr, timestep_embedding)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -177,6 +177,46 @@ def test_res_block_matches_scale_shift_reference(out_channels):
   h = numpy_conv3x3(h, p['conv_out']['kernel'], p['conv_out']['bias'])
   skip = xn if out_channels == 8 else xn @ p['skip']['kernel'][0, 0] + p['skip']['bias']
   np.testing.assert_allclose(out, skip + h, atol=1e-4)
+
+
+def flax_group_norm_modulated(x, gamma, beta, scale, shift, groups, silu):
+  """The plain composition the fused norm replaced: flax's nn.GroupNorm, scale-shift, SiLU, by autodiff."""
+  import flax.linen as nn
+  y = nn.GroupNorm(num_groups=groups, epsilon=1e-5).apply({'params': {'scale': gamma, 'bias': beta}}, x)
+  y = y * (1.0 + scale[:, None, None]) + shift[:, None, None]
+  return jax.nn.silu(y) if silu else y
+
+
+@pytest.mark.parametrize('silu', [True, False])
+@pytest.mark.parametrize('shape, groups', [((3, 5, 4, 12), 3), ((2, 7, 7, 8), 8), ((2, 3, 3, 4), 1)])
+def test_group_norm_modulated_matches_flax_group_norm_forward_and_gradients(shape, groups, silu):
+  keys = jax.random.split(jax.random.key(0), 6)
+  batch, channels = shape[0], shape[-1]
+  x = 2.0 * jax.random.normal(keys[0], shape) + 0.5   # off-centre, as activations are
+  gamma = 1.0 + 0.3 * jax.random.normal(keys[1], (channels,))
+  beta = 0.3 * jax.random.normal(keys[2], (channels,))
+  scale = 0.3 * jax.random.normal(keys[3], (batch, channels))
+  shift = 0.3 * jax.random.normal(keys[4], (batch, channels))
+  cotangent = jax.random.normal(keys[5], shape)
+  args = (x, gamma, beta, scale, shift)
+  outputs, grads = [], []
+  for fn in (group_norm_modulated, flax_group_norm_modulated):
+    loss = lambda *a, fn=fn: jnp.vdot(fn(*a, groups, silu), cotangent)
+    outputs.append(jax.jit(lambda *a, fn=fn: fn(*a, groups, silu))(*args))
+    grads.append(jax.jit(jax.grad(loss, argnums=range(5)))(*args))
+  np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)
+  for name, new, old in zip(('x', 'gamma', 'beta', 'scale', 'shift'), *grads):
+    scale_of = float(np.max(np.abs(old)))
+    np.testing.assert_allclose(new, old, rtol=1e-5, atol=1e-5 * scale_of, err_msg=name)
+
+
+def test_group_norm_keeps_flax_parameter_names_and_defaults():
+  x = jnp.ones((2, 3, 3, 8))
+  params = GroupNorm32(4).init(init_key(), x)
+  assert jax.tree.map(lambda a: (a.shape, a.dtype), params) == {'params': {'GroupNorm_0': {
+      'scale': ((8,), jnp.float32), 'bias': ((8,), jnp.float32)}}}
+  assert np.all(np.asarray(params['params']['GroupNorm_0']['scale']) == 1.0)
+  assert np.all(np.asarray(params['params']['GroupNorm_0']['bias']) == 0.0)
 
 
 def tiny_unet(**overrides):

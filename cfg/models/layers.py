@@ -9,6 +9,7 @@ Initialisation follows PyTorch's defaults, which ADM uses: weights U(±1/sqrt(fa
 Biases start at zero (PyTorch draws them uniformly; nothing in ADM depends on that).
 """
 
+import functools
 import math
 
 import flax.linen as nn
@@ -17,6 +18,7 @@ import jax.numpy as jnp
 
 TORCH_DEFAULT_INIT = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
 TIMESTEP_SCALE = 1000.0
+GROUP_NORM_EPS = 1e-5
 
 
 def time_from_logsnr(logsnr):
@@ -45,20 +47,115 @@ def downsample_average(x):
   return nn.avg_pool(x, (2, 2), strides=(2, 2))
 
 
+def _group_stats(x, groups):
+  """Per-(image, group) mean and 1/sqrt(var + ε) of float32 NHWC x ([B, G] each), var = E[x²] − E[x]²
+  as flax's nn.GroupNorm computes it: per-channel sums over H·W first, then over each group's channels."""
+  batch, height, width, channels = x.shape
+  count = height * width * (channels // groups)
+  mean = jnp.sum(x, axis=(1, 2)).reshape(batch, groups, -1).sum(-1) / count
+  mean_sq = jnp.sum(x * x, axis=(1, 2)).reshape(batch, groups, -1).sum(-1) / count
+  return mean, jax.lax.rsqrt(jnp.maximum(mean_sq - mean * mean, 0.0) + GROUP_NORM_EPS)
+
+
+def _per_channel(v, channels):
+  """[B, G] → [B, C]: each group's value for each of its channels."""
+  return jnp.repeat(v, channels // v.shape[1], axis=1)
+
+
+def _norm_affine(x, gamma, beta, scale, groups):
+  """(a, b, mean, rstd) with GN(x)·(1 + scale) = a·x + b per (image, channel): a, b are [B, C]."""
+  channels = x.shape[-1]
+  mean, rstd = _group_stats(x, groups)
+  mean_c, rstd_c = _per_channel(mean, channels), _per_channel(rstd, channels)
+  a = gamma * (1.0 + scale) * rstd_c
+  b = (beta - gamma * mean_c * rstd_c) * (1.0 + scale)
+  return a, b, mean, rstd
+
+
+def _spatial(v):
+  return v[:, None, None, :]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def group_norm_modulated(x, gamma, beta, scale, shift, groups, silu):
+  """act(GN(x; γ, β)·(1 + scale) + shift), act = SiLU or the identity, for float32 NHWC x, scale and shift
+  [B, C]: ADM's norm, scale-shift and nonlinearity as one map a·x + b per (image, channel).
+
+  Its gradient is written out (`_group_norm_modulated_bwd`) rather than left to autodiff, which on
+  XLA:CPU made several passes over the activation for the statistics' chain rule; this one reads x and
+  the cotangent twice (one pass of per-channel sums, one elementwise pass) and keeps only x for the
+  backward pass (experiments/throughput.md). Same arithmetic as flax's nn.GroupNorm followed by the
+  scale-shift and SiLU, to float32 rounding (tests/test_unet.py).
+  """
+  return _group_norm_modulated_fwd(x, gamma, beta, scale, shift, groups, silu)[0]
+
+
+def _group_norm_modulated_fwd(x, gamma, beta, scale, shift, groups, silu):
+  a, b, mean, rstd = _norm_affine(x, gamma, beta, scale, groups)
+  u = _spatial(a) * x + _spatial(b + shift)
+  return (jax.nn.silu(u) if silu else u), (x, gamma, beta, scale, shift, a, b, mean, rstd)
+
+
+def _group_norm_modulated_bwd(groups, silu, residuals, dy):
+  """With u = a·x + b, du = dy · act'(u), A = Σ_hw du, S = Σ_hw du (x − μ) per (image, channel), and
+  g = γ (1 + scale): ∂shift = A, ∂scale = γ r S + β A, ∂β = Σ_b (1 + scale) A, ∂γ = Σ_b (1 + scale) r S,
+  ∂x = r g du − (r / N)(Σ_grp g A + x̂ Σ_grp g r S), x̂ = (x − μ) r, N = H·W·C/G."""
+  x, gamma, beta, scale, shift, a, b, mean, rstd = residuals
+  batch, height, width, channels = x.shape
+  count = height * width * (channels // groups)
+
+  def du():  # recomputed where it is used, so XLA fuses it into both passes instead of storing it
+    if not silu:
+      return dy
+    u = _spatial(a) * x + _spatial(b + shift)
+    sig = jax.nn.sigmoid(u)
+    return dy * (sig * (1.0 + u * (1.0 - sig)))
+
+  mean_c, rstd_c = _per_channel(mean, channels), _per_channel(rstd, channels)
+  d_sum = jnp.sum(du(), axis=(1, 2))
+  d_centred = jnp.sum(du() * x, axis=(1, 2)) - mean_c * d_sum
+  gain = gamma * (1.0 + scale)
+  group_sum = lambda v: v.reshape(batch, groups, -1).sum(-1)
+  coef_x = _per_channel(-(rstd ** 2 / count) * group_sum(gain * rstd_c * d_centred), channels)
+  coef_0 = _per_channel(-(rstd / count) * group_sum(gain * d_sum), channels) - coef_x * mean_c
+  dx = _spatial(rstd_c * gain) * du() + _spatial(coef_x) * x + _spatial(coef_0)
+  d_gamma = jnp.sum((1.0 + scale) * rstd_c * d_centred, axis=0)
+  d_beta = jnp.sum((1.0 + scale) * d_sum, axis=0)
+  d_scale = gamma * rstd_c * d_centred + beta * d_sum
+  return dx, d_gamma, d_beta, d_scale, d_sum
+
+
+group_norm_modulated.defvjp(_group_norm_modulated_fwd, _group_norm_modulated_bwd)
+
+
+class _GroupNormParams(nn.Module):
+  """γ and β of a GroupNorm, under the names flax's nn.GroupNorm gives them (checkpoints load either way)."""
+  features: int
+
+  @nn.compact
+  def __call__(self):
+    return (self.param('scale', nn.initializers.ones, (self.features,), jnp.float32),
+            self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32))
+
+
 class GroupNorm32(nn.Module):
-  """GroupNorm(num_groups, ε = 1e−5) computed in float32, returned in float32."""
+  """GroupNorm(num_groups, ε = 1e−5) computed in float32, returned in float32; optionally followed by
+  ADM's scale-shift (`scale`, `shift`: [B, C]) and SiLU, all in `group_norm_modulated`."""
   num_groups: int = 32
 
   @nn.compact
-  def __call__(self, x):
-    channels = x.shape[-1]
+  def __call__(self, x, *, scale=None, shift=None, silu=False):
+    batch, channels = x.shape[0], x.shape[-1]
     if channels % self.num_groups:
       raise ValueError(
           f'GroupNorm with {self.num_groups} groups got {channels} channels, which it does not '
           f'divide; choose base_channels and channel_mult so every width is a multiple of '
           f'norm_groups, or lower norm_groups.')
-    return nn.GroupNorm(num_groups=self.num_groups, epsilon=1e-5, dtype=jnp.float32,
-                        param_dtype=jnp.float32)(x.astype(jnp.float32))
+    gamma, beta = _GroupNormParams(channels, name='GroupNorm_0')()
+    zeros = jnp.zeros((batch, channels), jnp.float32)
+    scale = zeros if scale is None else scale.astype(jnp.float32)
+    shift = zeros if shift is None else shift.astype(jnp.float32)
+    return group_norm_modulated(x.astype(jnp.float32), gamma, beta, scale, shift, self.num_groups, silu)
 
 
 def conv(features, kernel_size, *, dtype, zero_init=False, strides=1, name=None):
@@ -135,13 +232,13 @@ class ResBlock(nn.Module):
   def __call__(self, x, emb, *, train):
     resamplers = {None: lambda a: a, 'up': upsample_nearest, 'down': downsample_average}
     resample = resamplers[self.resample]
-    h = nn.silu(GroupNorm32(self.norm_groups, name='norm_in')(x)).astype(self.dtype)
+    h = GroupNorm32(self.norm_groups, name='norm_in')(x, silu=True).astype(self.dtype)
     h, x = resample(h), resample(x)
     h = conv(self.out_channels, 3, dtype=self.dtype, name='conv_in')(h)
     emb_out = dense(2 * self.out_channels, dtype=self.dtype, name='emb')(nn.silu(emb))
-    scale, shift = jnp.split(emb_out[:, None, None, :].astype(jnp.float32), 2, axis=-1)
-    h = GroupNorm32(self.norm_groups, name='norm_out')(h) * (1.0 + scale) + shift
-    h = Dropout(self.dropout)(nn.silu(h).astype(self.dtype), deterministic=not train)
+    scale, shift = jnp.split(emb_out.astype(jnp.float32), 2, axis=-1)
+    h = GroupNorm32(self.norm_groups, name='norm_out')(h, scale=scale, shift=shift, silu=True)
+    h = Dropout(self.dropout)(h.astype(self.dtype), deterministic=not train)
     h = conv(self.out_channels, 3, dtype=self.dtype, zero_init=True, name='conv_out')(h)
     if x.shape[-1] != self.out_channels:
       x = conv(self.out_channels, 1, dtype=self.dtype, name='skip')(x)

@@ -162,7 +162,7 @@ class UNet(nn.Module):
         h = self.resample(h, emb, 'up', f'up_{level}_upsample', train=train)
 
     # ADM runs the output head in float32 even under fp16.
-    h = nn.silu(GroupNorm32(self.norm_groups, name='norm_out')(h))
+    h = GroupNorm32(self.norm_groups, name='norm_out')(h, silu=True)
     out_channels = self.out_channels or z.shape[-1]
     eps = conv(out_channels, 3, dtype=jnp.float32, zero_init=True, name='conv_out')(h)
     return eps.astype(jnp.float32)

@@ -1,0 +1,135 @@
+"""XLA:CPU compile options on the default U-Net's train step: img/s of each, side by side in one run.
+
+python experiments/bench_xla_options.py                     # every variant in VARIANTS
+python experiments/bench_xla_options.py --only=project,vector512 --rounds=5
+python experiments/bench_xla_options.py --pause_group=PGID   # beside a background job: paused while timed
+
+Each variant is the project's options (`cfg.parallel.compiler_options()`) with some flags added, or
+XLA's defaults. All are compiled from the same lowered train step (batch 64); every round runs each
+variant `--steps` times one after the other, and the table reports the best round's img/s and its
+ratio to the project's options. Beside it, the largest difference of the new parameters and the loss
+from the project's compile: an option that changes the arithmetic beyond float32 rounding is no
+candidate (fast-math flags are not tried for that reason).
+"""
+
+import argparse
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from cfg import build, parallel, train, train_state  # noqa: E402
+from configs import fashion_mnist  # noqa: E402
+
+PROJECT = parallel.compiler_options('cpu')
+VARIANTS = {
+    'xla_defaults': None,
+    'project': {},
+    'multi_output_fusion': {'xla_cpu_use_multi_output_fusion': True},
+    'concurrency_scheduler': {'xla_cpu_enable_concurrency_optimized_scheduler': True},
+    'no_concurrency_scheduler': {'xla_cpu_enable_concurrency_optimized_scheduler': False},
+    'scheduler_memory': {'xla_cpu_scheduler_type': 'CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED'},
+    'vector512': {'xla_cpu_prefer_vector_width': 512},
+    'fast_runtime_preset': {'xla_cpu_opt_preset': 'CPU_OPT_PRESET_FAST_RUNTIME'},
+    'no_fusion_emitters': {'xla_cpu_use_fusion_emitters': False},
+    'no_tiled_emitter': {'xla_cpu_disable_tiled_emitter': True},
+    'tiling_propagation': {'xla_cpu_experimental_enable_tiling_propagation': True},
+    'flatten_after_fusion': {'xla_cpu_flatten_after_fusion': True},
+    'ynn_dot_eltwise_reduce': {'xla_cpu_experimental_ynn_fusion_type':
+                               'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_ELTWISE,'
+                               'LIBRARY_FUSION_TYPE_REDUCE'},
+}
+
+
+def lowered_step(batch_size):
+  config = fashion_mnist.get_config()
+  model = build.model_from_config(config)
+  optimizer = build.optimizer_from_config(config.optim)
+  state = jax.jit(lambda: train_state.init_state(config, model, optimizer))()
+  batch = {'images': jax.random.normal(jax.random.key(1), (batch_size, 28, 28, 1)),
+           'labels': jnp.arange(batch_size, dtype=jnp.int32) % 10}
+  fn = jax.jit(lambda s, b: train.train_step(s, b, model=model, optimizer=optimizer, config=config))
+  return fn.lower(state, batch), (state, batch)
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument('--only', default='', help='comma-separated variant names (default: all)')
+  parser.add_argument('--rounds', type=int, default=3)
+  parser.add_argument('--steps', type=int, default=4)
+  parser.add_argument('--batch', type=int, default=64)
+  parser.add_argument('--json', default='', help='also write the raw times and provenance here')
+  parser.add_argument('--pause_group', type=int, default=0,
+                      help='a process group (e.g. a background evaluation) to SIGSTOP while the '
+                           'rounds are timed and SIGCONT after; compiling runs beside it')
+  args = parser.parse_args()
+  names = [n for n in args.only.split(',') if n] or list(VARIANTS)
+  if 'project' not in names:
+    names.insert(0, 'project')
+  lowered, inputs = lowered_step(args.batch)
+  compiled, compile_s = {}, {}
+  for name in names:
+    options = {} if VARIANTS[name] is None else {**PROJECT, **VARIANTS[name]}
+    start = time.perf_counter()
+    try:
+      compiled[name] = lowered.compile(options)
+    except Exception as error:  # an option this XLA build rejects: report it, go on
+      print(f'{name}: does not compile: {str(error).splitlines()[0][:200]}', flush=True)
+      continue
+    compile_s[name] = time.perf_counter() - start
+  reference = jax.block_until_ready(compiled['project'](*inputs))
+  differences = {}
+  for name, fn in compiled.items():
+    out = jax.block_until_ready(fn(*inputs))
+    diffs = [float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+             for a, b in zip(jax.tree.leaves((out[0].params, out[1]['loss'])),
+                             jax.tree.leaves((reference[0].params, reference[1]['loss'])))]
+    differences[name] = max(diffs)
+  times = {name: [] for name in compiled}
+  if args.pause_group:
+    os.killpg(args.pause_group, signal.SIGSTOP)
+  try:
+    load = os.getloadavg()[0]
+    for _ in range(args.rounds):
+      for name, fn in compiled.items():
+        start = time.perf_counter()
+        for _ in range(args.steps):
+          out = fn(*inputs)
+        jax.block_until_ready(out)
+        times[name].append((time.perf_counter() - start) / args.steps)
+  finally:
+    if args.pause_group:
+      os.killpg(args.pause_group, signal.SIGCONT)
+  base = args.batch / min(times['project'])
+  print(f'\ntrain step, batch {args.batch}, best of {args.rounds} rounds of {args.steps} steps '
+        f'(load average at start {load:.2f})')
+  print(f'| variant | img/s | ratio to project | compile s | max |Δ| params, loss |')
+  print('|---|---|---|---|---|')
+  for name in compiled:
+    rate = args.batch / min(times[name])
+    print(f'| {name} | {rate:.1f} | {rate / base:.3f}× | {compile_s[name]:.1f} | '
+          f'{differences[name]:.2e} |')
+  if args.json:
+    commit = subprocess.run(['git', 'rev-parse', 'HEAD'], capture_output=True, text=True).stdout.strip()
+    dirty = bool(subprocess.run(['git', 'status', '--porcelain'], capture_output=True,
+                                text=True).stdout.strip())
+    with open(args.json, 'w') as f:
+      json.dump({'command': ' '.join(sys.argv), 'commit': commit, 'dirty_tree': dirty,
+                 'machine': platform.processor() or platform.machine(), 'cpus': os.cpu_count(),
+                 'jax': jax.__version__, 'load_average_at_start': load, 'batch': args.batch,
+                 'seconds_per_step': times, 'compile_seconds': compile_s,
+                 'max_abs_difference': differences,
+                 'variants': {n: VARIANTS[n] for n in compiled}}, f, indent=1)
+
+
+if __name__ == '__main__':
+  main()
