@@ -44,9 +44,17 @@ VARIANTS = {
     'no_tiled_emitter': {'xla_cpu_disable_tiled_emitter': True},
     'tiling_propagation': {'xla_cpu_experimental_enable_tiling_propagation': True},
     'flatten_after_fusion': {'xla_cpu_flatten_after_fusion': True},
+    'ynn_dot_eltwise': {'xla_cpu_experimental_ynn_fusion_type':
+                        'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_ELTWISE'},
+    'ynn_dot_reduce': {'xla_cpu_experimental_ynn_fusion_type':
+                       'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'},
     'ynn_dot_eltwise_reduce': {'xla_cpu_experimental_ynn_fusion_type':
                                'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_ELTWISE,'
                                'LIBRARY_FUSION_TYPE_REDUCE'},
+    'ynn_dot_eltwise_reduce_no_fusion_emitters': {
+        'xla_cpu_experimental_ynn_fusion_type':
+            'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_ELTWISE,LIBRARY_FUSION_TYPE_REDUCE',
+        'xla_cpu_use_fusion_emitters': False},
 }
 
 
