@@ -21,10 +21,13 @@ DATA_AXIS = 'data'
 
 # XLA:CPU hands convolutions to YNNPACK by default; its kernel-gradient and input-gradient
 # convolutions run several times slower than XLA's Eigen path on the U-Net's shapes, so CPU
-# programs keep YNNPACK for dots only. Same arithmetic, other kernels: the train step and the
-# forward pass agree to float32 rounding (tests/test_parallel.py); on the 2-core CPU the train step
-# is 1.12–1.27× and the forward pass 1.52–1.60× as fast (experiments/throughput.md).
-CPU_COMPILER_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT'}
+# programs keep YNNPACK for dots and reductions only. Same arithmetic, other kernels: the train step
+# and the forward pass agree to float32 rounding (tests/test_parallel.py); on the 2-core CPU the
+# train step is 1.12–1.27× and the forward pass 1.52–1.60× as fast without YNNPACK's convolutions,
+# and YNNPACK's reductions (the norm's per-channel sums) add 1.10–1.11× on the train step
+# (experiments/throughput.md, experiments/bench_xla_options.py).
+CPU_COMPILER_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type':
+                        'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'}
 
 
 def compiler_options(backend=None):

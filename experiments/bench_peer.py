@@ -10,7 +10,8 @@ Both run on the CPU with this machine's cores. The rounds alternate: a JAX round
 round in a worker process that waits while JAX runs, so the two never compete for the cores.
 Times are the minimum over rounds (the least disturbed), ratios are project ÷ peer throughput. The
 project runs as it is and as it was before each change that mattered (`SIDES`: XLA's default CPU
-options; flax's threefry dropout mask; flax's GroupNorm under autodiff), interleaved in the same rounds.
+options; flax's threefry dropout mask; flax's GroupNorm under autodiff; YNNPACK for dots only, before its
+reductions were added), interleaved in the same rounds.
 
 - train step: batch 64, forward + backward + Adam (the project's full step: Algorithm 1's loss,
   clipping, EMA; the peer's: ε-MSE, Adam);
@@ -98,10 +99,12 @@ def autodiff_group_norm_modulated(x, gamma, beta, scale, shift, groups, silu):
 # swapped in while the programs are traced.
 BEFORE_FUSED_NORM = {'dropout_keep_mask': threefry_keep_mask,
                      'group_norm_modulated': autodiff_group_norm_modulated}
+YNNPACK_DOTS_ONLY = {'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT'}
 SIDES = {
     'XLA defaults, threefry dropout, autodiff GroupNorm': ({}, BEFORE_FUSED_NORM),
-    'autodiff GroupNorm': (parallel.compiler_options(),
-                           {'group_norm_modulated': autodiff_group_norm_modulated}),
+    'YNNPACK dots only, autodiff GroupNorm': (YNNPACK_DOTS_ONLY,
+                                              {'group_norm_modulated': autodiff_group_norm_modulated}),
+    'YNNPACK dots only': (YNNPACK_DOTS_ONLY, {}),
     'project': (parallel.compiler_options(), {}),
 }
 
