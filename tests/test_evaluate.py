@@ -330,3 +330,13 @@ def test_collect_takes_the_evaluation_the_config_describes(tmp_path):
   with pytest.raises(FileNotFoundError, match='no finished evaluations'):
     sweep.collect(config, sweep.Sweep('diffusion.p_uncond', (0.1,)), str(tmp_path),
                   str(tmp_path / 'table'))
+
+
+def test_provenance_records_the_commit_of_the_code_the_process_imported(monkeypatch):
+  """A commit landing while a long evaluation runs must not relabel the code that ran it."""
+  from cfg.evaluation import provenance
+  before = provenance.provenance(wall_seconds=0.0)
+  monkeypatch.setattr(provenance, 'git', lambda *args: 'f' * 40 if args[0] == 'rev-parse' else ' M cfg/x.py')
+  after = provenance.provenance(wall_seconds=0.0)
+  assert (after['commit'], after['tree_dirty']) == (before['commit'], before['tree_dirty'])
+  assert after['commit'] != 'f' * 40

@@ -5,6 +5,7 @@ own argv, recorded as it was run (nothing here reads flags to decide anything).
 """
 
 import datetime
+import functools
 import hashlib
 import json
 import os
@@ -34,13 +35,23 @@ def machine():
           'host': platform.node(), 'cpus': os.cpu_count(), 'jax': jax.__version__}
 
 
+@functools.cache
+def code_version():
+  """(commit, tree_dirty) of the code this process imported, read once, when this module is imported.
+
+  A results.json is written at the end of a run that may take an hour; a commit landing meanwhile must not
+  relabel the code that ran (tree_dirty: tracked files differed from that commit)."""
+  changed = git('status', '--porcelain', '--untracked-files=no')
+  return git('rev-parse', 'HEAD'), (bool(changed) if changed is not None else None)
+
+
 def provenance(*, wall_seconds):
   """{command, commit, tree_dirty, date, machine, wall_seconds} of this process."""
-  changed = git('status', '--porcelain', '--untracked-files=no')
+  commit, dirty = code_version()
   return {
       'command': shlex.join([os.path.basename(sys.executable)] + sys.argv),
-      'commit': git('rev-parse', 'HEAD'),
-      'tree_dirty': bool(changed) if changed is not None else None,  # tracked files differ from commit
+      'commit': commit,
+      'tree_dirty': dirty,
       'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
       'machine': machine(),
       'wall_seconds': round(wall_seconds, 1),
@@ -50,3 +61,6 @@ def provenance(*, wall_seconds):
 def json_fingerprint(value):
   """sha256 of a JSON-ready value (keys sorted)."""
   return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+code_version()  # at import: the code that runs is the code of this moment
