@@ -44,6 +44,9 @@ VARIANTS = {
     'no_tiled_emitter': {'xla_cpu_disable_tiled_emitter': True},
     'tiling_propagation': {'xla_cpu_experimental_enable_tiling_propagation': True},
     'flatten_after_fusion': {'xla_cpu_flatten_after_fusion': True},
+    'onednn_custom_call': {'xla_cpu_experimental_onednn_custom_call': True},
+    'onednn_custom_call_use_onednn': {'xla_cpu_experimental_onednn_custom_call': True,
+                                      'xla_cpu_use_onednn': True},
     'ynn_dot_eltwise': {'xla_cpu_experimental_ynn_fusion_type':
                         'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_ELTWISE'},
     'ynn_dot_reduce': {'xla_cpu_experimental_ynn_fusion_type':
