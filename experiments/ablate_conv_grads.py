@@ -1,0 +1,121 @@
+"""How much of the default train step the convolutions' gradients cost: the step with one of them zeroed.
+
+python experiments/ablate_conv_grads.py [--pause_group=PGID] [--json=FILE]
+
+Every `lax.conv_general_dilated` of the U-Net is wrapped in a custom_vjp whose backward pass gives
+both gradients (`both`: the control, same arithmetic as `plain`), the input gradient only
+(`no_kernel_grad`: ∂L/∂K = 0) or the kernel gradient only (`no_input_grad`: ∂L/∂x = 0). The
+programs are compiled with the project's options and timed in interleaved rounds (best round).
+
+Read `no_kernel_grad` as the cost of the kernel-gradient convolutions and the transposes XLA puts in
+front of them. `no_input_grad` overstates the input gradients' cost: with ∂L/∂x = 0 at every
+convolution, the backward pass of everything below a convolution in a residual branch (norms,
+SiLUs) gets a zero cotangent and XLA drops it as well. An ablation, not a model: the ratios say where
+time goes, nothing here trains.
+"""
+
+import argparse
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from jax import lax  # noqa: E402
+
+from cfg import build, parallel, train, train_state  # noqa: E402
+from configs import fashion_mnist  # noqa: E402
+
+PLAIN = lax.conv_general_dilated
+MODES = ('plain', 'both', 'no_kernel_grad', 'no_input_grad')
+
+
+def wrapped_conv(mode):
+  """lax.conv_general_dilated with a backward pass that gives both gradients or zeroes one."""
+  def conv(lhs, rhs, *args, **kwargs):
+    apply = lambda l, r: PLAIN(l, r, *args, **kwargs)
+
+    @jax.custom_vjp
+    def c(l, r):
+      return apply(l, r)
+
+    def bwd(residuals, g):
+      l, r = residuals
+      d_input = (jnp.zeros_like(l) if mode == 'no_input_grad'
+                 else jax.vjp(lambda a: apply(a, r), l)[1](g)[0])
+      d_kernel = (jnp.zeros_like(r) if mode == 'no_kernel_grad'
+                  else jax.vjp(lambda k: apply(l, k), r)[1](g)[0])
+      return d_input, d_kernel
+
+    c.defvjp(lambda l, r: (apply(l, r), (l, r)), bwd)
+    return c(lhs, rhs)
+  return conv
+
+
+def compiled_steps(batch_size):
+  config = fashion_mnist.get_config()
+  model = build.model_from_config(config)
+  optimizer = build.optimizer_from_config(config.optim)
+  state = jax.jit(lambda: train_state.init_state(config, model, optimizer))()
+  batch = {'images': jax.random.normal(jax.random.key(1), (batch_size, 28, 28, 1)),
+           'labels': jnp.arange(batch_size, dtype=jnp.int32) % 10}
+  programs = {}
+  try:
+    for mode in MODES:
+      lax.conv_general_dilated = PLAIN if mode == 'plain' else wrapped_conv(mode)  # read while tracing
+      step = jax.jit(lambda s, b: train.train_step(s, b, model=model, optimizer=optimizer, config=config))
+      programs[mode] = step.lower(state, batch).compile(parallel.compiler_options('cpu'))
+  finally:
+    lax.conv_general_dilated = PLAIN
+  return programs, (state, batch)
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument('--rounds', type=int, default=4)
+  parser.add_argument('--steps', type=int, default=4)
+  parser.add_argument('--batch', type=int, default=64)
+  parser.add_argument('--pause_group', type=int, default=0,
+                      help='a process group to SIGSTOP while the rounds are timed (SIGCONT after)')
+  parser.add_argument('--json', default='')
+  args = parser.parse_args()
+  programs, inputs = compiled_steps(args.batch)
+  times = {mode: [] for mode in programs}
+  if args.pause_group:
+    os.killpg(args.pause_group, signal.SIGSTOP)
+  try:
+    for _ in range(args.rounds):
+      for mode, program in programs.items():
+        jax.block_until_ready(program(*inputs))
+        start = time.perf_counter()
+        for _ in range(args.steps):
+          out = program(*inputs)
+        jax.block_until_ready(out)
+        times[mode].append((time.perf_counter() - start) / args.steps)
+  finally:
+    if args.pause_group:
+      os.killpg(args.pause_group, signal.SIGCONT)
+  control = min(times['both'])
+  print(f'train step, batch {args.batch}, best of {args.rounds} rounds of {args.steps} steps')
+  print('| variant | img/s | speed-up over `both` |')
+  print('|---|---|---|')
+  for mode in programs:
+    print(f'| {mode} | {args.batch / min(times[mode]):.1f} | {control / min(times[mode]):.3f}× |')
+  if args.json:
+    git = lambda *a: subprocess.run(['git', *a], capture_output=True, text=True).stdout.strip()
+    with open(args.json, 'w') as f:
+      json.dump({'command': ' '.join(sys.argv), 'commit': git('rev-parse', 'HEAD'),
+                 'dirty_tree': bool(git('status', '--porcelain', '--untracked-files=no')),
+                 'machine': f'{platform.machine()}, {os.cpu_count()} CPUs', 'jax': jax.__version__,
+                 'compiler_options': parallel.compiler_options('cpu'), 'seconds_per_step': times}, f,
+                indent=1)
+
+
+if __name__ == '__main__':
+  main()
