@@ -18,10 +18,8 @@ import argparse
 import json
 import os
 import platform
-import signal
 import subprocess
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -31,6 +29,8 @@ from jax import lax  # noqa: E402
 
 from cfg import build, parallel, train, train_state  # noqa: E402
 from configs import fashion_mnist  # noqa: E402
+
+import interleaved  # noqa: E402  (experiments/interleaved.py, beside this script)
 
 PLAIN = lax.conv_general_dilated
 MODES = ('plain', 'both', 'no_kernel_grad', 'no_input_grad')
@@ -86,21 +86,8 @@ def main():
   parser.add_argument('--json', default='')
   args = parser.parse_args()
   programs, inputs = compiled_steps(args.batch)
-  times = {mode: [] for mode in programs}
-  if args.pause_group:
-    os.killpg(args.pause_group, signal.SIGSTOP)
-  try:
-    for _ in range(args.rounds):
-      for mode, program in programs.items():
-        jax.block_until_ready(program(*inputs))
-        start = time.perf_counter()
-        for _ in range(args.steps):
-          out = program(*inputs)
-        jax.block_until_ready(out)
-        times[mode].append((time.perf_counter() - start) / args.steps)
-  finally:
-    if args.pause_group:
-      os.killpg(args.pause_group, signal.SIGCONT)
+  times = interleaved.time_rounds(programs, inputs, rounds=args.rounds, steps=args.steps,
+                                  pause_group=args.pause_group, warm_each_round=True)
   control = min(times['both'])
   print(f'train step, batch {args.batch}, best of {args.rounds} rounds of {args.steps} steps')
   print('| variant | img/s | speed-up over `both` |')

@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import platform
-import signal
 import subprocess
 import sys
 import time
@@ -29,6 +28,8 @@ import numpy as np  # noqa: E402
 
 from cfg import build, parallel, train, train_state  # noqa: E402
 from configs import fashion_mnist  # noqa: E402
+
+import interleaved  # noqa: E402  (experiments/interleaved.py, beside this script)
 
 PROJECT = parallel.compiler_options('cpu')
 VARIANTS = {
@@ -105,21 +106,9 @@ def main():
              for a, b in zip(jax.tree.leaves((out[0].params, out[1]['loss'])),
                              jax.tree.leaves((reference[0].params, reference[1]['loss'])))]
     differences[name] = max(diffs)
-  times = {name: [] for name in compiled}
-  if args.pause_group:
-    os.killpg(args.pause_group, signal.SIGSTOP)
-  try:
-    load = os.getloadavg()[0]
-    for _ in range(args.rounds):
-      for name, fn in compiled.items():
-        start = time.perf_counter()
-        for _ in range(args.steps):
-          out = fn(*inputs)
-        jax.block_until_ready(out)
-        times[name].append((time.perf_counter() - start) / args.steps)
-  finally:
-    if args.pause_group:
-      os.killpg(args.pause_group, signal.SIGCONT)
+  load = os.getloadavg()[0]
+  times = interleaved.time_rounds(compiled, inputs, rounds=args.rounds, steps=args.steps,
+                                  pause_group=args.pause_group)
   base = args.batch / min(times['project'])
   print(f'\ntrain step, batch {args.batch}, best of {args.rounds} rounds of {args.steps} steps '
         f'(load average at start {load:.2f})')
