@@ -27,8 +27,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from jax import lax  # noqa: E402
 
-from cfg import build, parallel, train, train_state  # noqa: E402
-from configs import fashion_mnist  # noqa: E402
+from cfg import parallel  # noqa: E402
 
 import interleaved  # noqa: E402  (experiments/interleaved.py, beside this script)
 
@@ -59,17 +58,12 @@ def wrapped_conv(mode):
 
 
 def compiled_steps(batch_size):
-  config = fashion_mnist.get_config()
-  model = build.model_from_config(config)
-  optimizer = build.optimizer_from_config(config.optim)
-  state = jax.jit(lambda: train_state.init_state(config, model, optimizer))()
-  batch = {'images': jax.random.normal(jax.random.key(1), (batch_size, 28, 28, 1)),
-           'labels': jnp.arange(batch_size, dtype=jnp.int32) % 10}
+  train_step, state, batch = interleaved.default_train_step(batch_size)
   programs = {}
   try:
     for mode in MODES:
       lax.conv_general_dilated = PLAIN if mode == 'plain' else wrapped_conv(mode)  # read while tracing
-      step = jax.jit(lambda s, b: train.train_step(s, b, model=model, optimizer=optimizer, config=config))
+      step = jax.jit(lambda s, b: train_step(s, b))  # a new function: traced again with this conv
       programs[mode] = step.lower(state, batch).compile(parallel.compiler_options('cpu'))
   finally:
     lax.conv_general_dilated = PLAIN

@@ -23,11 +23,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from cfg import build, parallel, train, train_state  # noqa: E402
-from configs import fashion_mnist  # noqa: E402
+from cfg import parallel  # noqa: E402
 
 import interleaved  # noqa: E402  (experiments/interleaved.py, beside this script)
 
@@ -63,14 +61,8 @@ VARIANTS = {
 
 
 def lowered_step(batch_size):
-  config = fashion_mnist.get_config()
-  model = build.model_from_config(config)
-  optimizer = build.optimizer_from_config(config.optim)
-  state = jax.jit(lambda: train_state.init_state(config, model, optimizer))()
-  batch = {'images': jax.random.normal(jax.random.key(1), (batch_size, 28, 28, 1)),
-           'labels': jnp.arange(batch_size, dtype=jnp.int32) % 10}
-  fn = jax.jit(lambda s, b: train.train_step(s, b, model=model, optimizer=optimizer, config=config))
-  return fn.lower(state, batch), (state, batch)
+  step, state, batch = interleaved.default_train_step(batch_size)
+  return jax.jit(step).lower(state, batch), (state, batch)
 
 
 def main():

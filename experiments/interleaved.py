@@ -1,10 +1,29 @@
-"""Interleaved timing rounds for the benchmark scripts: every program once per round, best round wins."""
+"""What the train-step benchmarks share: the default config's step and its inputs, and interleaved timing
+rounds (every program once per round; the scripts report the best round)."""
 
 import os
 import signal
 import time
 
 import jax
+import jax.numpy as jnp
+
+from cfg import build, train, train_state
+from configs import fashion_mnist
+
+
+def default_train_step(batch_size):
+  """(step, state, batch): `configs/fashion_mnist.py`'s train step as a plain function of (state, batch),
+  an initialised state and a batch of `batch_size` normal images with labels 0–9. Wrap `step` in a new
+  lambda before each jax.jit that must trace it afresh (jit caches traces per function object)."""
+  config = fashion_mnist.get_config()
+  model = build.model_from_config(config)
+  optimizer = build.optimizer_from_config(config.optim)
+  state = jax.jit(lambda: train_state.init_state(config, model, optimizer))()
+  batch = {'images': jax.random.normal(jax.random.key(1), (batch_size, 28, 28, 1)),
+           'labels': jnp.arange(batch_size, dtype=jnp.int32) % 10}
+  step = lambda s, b: train.train_step(s, b, model=model, optimizer=optimizer, config=config)
+  return step, state, batch
 
 
 def time_rounds(programs, inputs, *, rounds, steps, pause_group=0, warm_each_round=False):
