@@ -7,6 +7,12 @@ both gradients (`both`: the control, same arithmetic as `plain`), the input grad
 (`no_kernel_grad`: ∂L/∂K = 0) or the kernel gradient only (`no_input_grad`: ∂L/∂x = 0). The
 programs are compiled with the project's options and timed in interleaved rounds (best round).
 
+`swapped_kernel_grad` is not an ablation but a candidate rewrite, same arithmetic to float32 rounding:
+where a convolution has fewer output than input channels, ∂L/∂K is computed as the correlation of the
+cotangent (as input, batch O) by x (as kernel), then flipped in space, instead of autodiff's
+convolution of x (batch I) by the cotangent. `experiments/bench_conv_layers.py` times both forms
+layer by layer.
+
 Read `no_kernel_grad` as the cost of the kernel-gradient convolutions and the transposes XLA puts in
 front of them. `no_input_grad` overstates the input gradients' cost: with ∂L/∂x = 0 at every
 convolution, the backward pass of everything below a convolution in a residual branch (norms,
@@ -17,8 +23,6 @@ time goes, nothing here trains.
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -32,7 +36,8 @@ from cfg import parallel  # noqa: E402
 import interleaved  # noqa: E402  (experiments/interleaved.py, beside this script)
 
 PLAIN = lax.conv_general_dilated
-MODES = ('plain', 'both', 'no_kernel_grad', 'no_input_grad')
+NHWC = ('NHWC', 'HWIO', 'NHWC')
+MODES = ('plain', 'both', 'swapped_kernel_grad', 'no_kernel_grad', 'no_input_grad')
 
 
 def wrapped_conv(mode):
@@ -48,13 +53,38 @@ def wrapped_conv(mode):
       l, r = residuals
       d_input = (jnp.zeros_like(l) if mode == 'no_input_grad'
                  else jax.vjp(lambda a: apply(a, r), l)[1](g)[0])
-      d_kernel = (jnp.zeros_like(r) if mode == 'no_kernel_grad'
-                  else jax.vjp(lambda k: apply(l, k), r)[1](g)[0])
+      if mode == 'no_kernel_grad':
+        d_kernel = jnp.zeros_like(r)
+      elif mode == 'swapped_kernel_grad' and swappable(l, r, *args, **kwargs):
+        d_kernel = swapped_kernel_grad(l, g, args[1], r.shape)
+      else:
+        d_kernel = jax.vjp(lambda k: apply(l, k), r)[1](g)[0]
       return d_input, d_kernel
 
     c.defvjp(lambda l, r: (apply(l, r), (l, r)), bwd)
     return c(lhs, rhs)
   return conv
+
+
+def swappable(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+              dimension_numbers=None, feature_group_count=1, precision=None):
+  """Whether the call is a stride-1 NHWC/HWIO convolution with fewer output than input channels."""
+  ones = (1,) * (lhs.ndim - 2)
+  numbers = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+  return (lhs.ndim == 4 and numbers == lax.conv_dimension_numbers(lhs.shape, rhs.shape, NHWC)
+          and tuple(window_strides) == ones
+          and tuple(lhs_dilation or ones) == ones and tuple(rhs_dilation or ones) == ones
+          and feature_group_count == 1 and precision is None and rhs.shape[3] < rhs.shape[2])
+
+
+def swapped_kernel_grad(x, g, padding, kernel_shape):
+  """∂K[i, j, c, o] = Σ_{b,h,w} x̃[b, h + i, w + j, c] g[b, h, w, o] (x̃: x padded by `padding`), computed
+  as the convolution of g, padded by (hi, lo), with x as kernel (batch O, features B), flipped in space."""
+  if isinstance(padding, str):
+    padding = lax.padtype_to_pads(x.shape[1:3], kernel_shape[:2], (1, 1), padding)
+  flipped = PLAIN(g, x, (1, 1), tuple((hi, lo) for lo, hi in padding),
+                  dimension_numbers=('CHWN', 'IHWO', 'HWCN'))
+  return flipped[::-1, ::-1]
 
 
 def compiled_steps(batch_size):
@@ -89,13 +119,8 @@ def main():
   for mode in programs:
     print(f'| {mode} | {args.batch / min(times[mode]):.1f} | {control / min(times[mode]):.3f}× |')
   if args.json:
-    git = lambda *a: subprocess.run(['git', *a], capture_output=True, text=True).stdout.strip()
     with open(args.json, 'w') as f:
-      json.dump({'command': ' '.join(sys.argv), 'commit': git('rev-parse', 'HEAD'),
-                 'dirty_tree': bool(git('status', '--porcelain', '--untracked-files=no')),
-                 'machine': f'{platform.machine()}, {os.cpu_count()} CPUs', 'jax': jax.__version__,
-                 'compiler_options': parallel.compiler_options('cpu'), 'seconds_per_step': times}, f,
-                indent=1)
+      json.dump({**interleaved.benchmark_provenance(), 'seconds_per_step': times}, f, indent=1)
 
 
 if __name__ == '__main__':

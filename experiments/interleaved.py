@@ -2,13 +2,16 @@
 rounds (every program once per round; the scripts report the best round)."""
 
 import os
+import platform
 import signal
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 
-from cfg import build, train, train_state
+from cfg import build, parallel, train, train_state
+from cfg.evaluation import provenance
 from configs import fashion_mnist
 
 
@@ -50,3 +53,12 @@ def time_rounds(programs, inputs, *, rounds, steps, pause_group=0, warm_each_rou
     if pause_group:
       os.killpg(pause_group, signal.SIGCONT)
   return times
+
+
+def benchmark_provenance():
+  """What a benchmark's JSON records beside its times: the command, the commit and whether tracked files
+  differed from it, the machine, jax and the project's CPU compile options."""
+  commit, dirty = provenance.code_version()
+  return {'command': ' '.join(sys.argv), 'commit': commit, 'dirty_tree': dirty,
+          'machine': f'{platform.machine()}, {os.cpu_count()} CPUs', 'jax': jax.__version__,
+          'compiler_options': parallel.compiler_options('cpu')}

@@ -96,10 +96,15 @@ def main():
   parser = argparse.ArgumentParser()
   parser.add_argument('--program', choices=('train', 'forward'), default='train')
   parser.add_argument('--xla_defaults', action='store_true', help='without the project\'s options')
+  parser.add_argument('--single_thread_eigen', action='store_true',
+                      help='run Eigen\'s convolutions inside their thunks (xla_cpu_multi_thread_eigen=False), '
+                           'so that the per-thunk sums count them')
   parser.add_argument('--runs', type=int, default=3)
   parser.add_argument('--top', type=int, default=10, help='also list the N slowest thunks')
   args = parser.parse_args()
   options = {} if args.xla_defaults else parallel.compiler_options()
+  if args.single_thread_eigen:
+    options = {**options, 'xla_cpu_multi_thread_eigen': False}
   compiled, inputs = compiled_program(args.program, options)
   instructions, computations = hlo_instructions(compiled.as_text())
   jax.block_until_ready(compiled(*inputs))
