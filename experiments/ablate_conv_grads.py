@@ -13,6 +13,9 @@ cotangent (as input, batch O) by x (as kernel), then flipped in space, instead o
 convolution of x (batch I) by the cotangent. `experiments/bench_conv_layers.py` times both forms
 layer by layer.
 
+`no_conv` replaces every convolution by `cheap_conv` (one elementwise product of the output's shape, and
+its gradients), so that the step's time without it is what everything but the convolutions costs.
+
 Read `no_kernel_grad` as the cost of the kernel-gradient convolutions and the transposes XLA puts in
 front of them. `no_input_grad` overstates the input gradients' cost: with ∂L/∂x = 0 at every
 convolution, the backward pass of everything below a convolution in a residual branch (norms,
@@ -37,11 +40,20 @@ import interleaved  # noqa: E402  (experiments/interleaved.py, beside this scrip
 
 PLAIN = lax.conv_general_dilated
 NHWC = ('NHWC', 'HWIO', 'NHWC')
-MODES = ('plain', 'both', 'swapped_kernel_grad', 'no_kernel_grad', 'no_input_grad')
+MODES = ('plain', 'both', 'swapped_kernel_grad', 'no_kernel_grad', 'no_input_grad', 'no_conv')
+
+
+def cheap_conv(lhs, rhs, *args, **kwargs):
+  """A stand-in of a stride-1 NHWC convolution's output shape that costs one elementwise pass:
+  x[..., :1] · K[0, 0, 0, :]."""
+  return lhs[..., :1] * rhs[0, 0, 0, :]
 
 
 def wrapped_conv(mode):
   """lax.conv_general_dilated with a backward pass that gives both gradients or zeroes one."""
+  if mode == 'no_conv':
+    return cheap_conv
+
   def conv(lhs, rhs, *args, **kwargs):
     apply = lambda l, r: PLAIN(l, r, *args, **kwargs)
 
