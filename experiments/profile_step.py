@@ -3,6 +3,7 @@
 python experiments/profile_step.py --program=train            # the full train step, batch 64
 python experiments/profile_step.py --program=forward          # the forward pass, batch 128
 python experiments/profile_step.py --program=train --xla_defaults --top=30
+python experiments/profile_step.py --program=train --no_conv --match='/(conv_in|conv_out|skip|conv_in)/'
 
 XLA:CPU's thunk runtime records one trace event per executed thunk, named after its HLO
 instruction. The script compiles the program (with the project's compile options unless
@@ -23,6 +24,7 @@ import os
 import re
 import sys
 import tempfile
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -32,6 +34,8 @@ from jax._src.lib import _profile_data  # noqa: E402
 
 from cfg import build, parallel, train, train_state  # noqa: E402
 from configs import fashion_mnist  # noqa: E402
+
+import ablate_conv_grads  # noqa: E402  (beside this script)
 
 
 def compiled_program(name, options):
@@ -72,6 +76,12 @@ def hlo_instructions(hlo_text):
   return instructions, computations
 
 
+def op_name(line):
+  """The op_name metadata of one HLO instruction's line ('' without one)."""
+  match = re.search(r'op_name="([^"]+)"', line)
+  return match.group(1) if match else ''
+
+
 def kind_of(name, instructions, computations):
   """'convolution: forward | input gradient | kernel gradient', 'fusion: reduce', … for one thunk."""
   if name not in instructions:
@@ -99,13 +109,28 @@ def main():
   parser.add_argument('--single_thread_eigen', action='store_true',
                       help='run Eigen\'s convolutions inside their thunks (xla_cpu_multi_thread_eigen=False), '
                            'so that the per-thunk sums count them')
+  parser.add_argument('--no_conv', action='store_true',
+                      help='every convolution replaced by ablate_conv_grads.cheap_conv while tracing')
+  parser.add_argument('--match', default='',
+                      help='also sum the thunks whose op_name matches this regular expression')
   parser.add_argument('--runs', type=int, default=3)
   parser.add_argument('--top', type=int, default=10, help='also list the N slowest thunks')
   args = parser.parse_args()
   options = {} if args.xla_defaults else parallel.compiler_options()
   if args.single_thread_eigen:
     options = {**options, 'xla_cpu_multi_thread_eigen': False}
-  compiled, inputs = compiled_program(args.program, options)
+  if args.no_conv:
+    plain, jax.lax.conv_general_dilated = jax.lax.conv_general_dilated, ablate_conv_grads.cheap_conv
+    try:
+      compiled, inputs = compiled_program(args.program, options)
+    finally:
+      jax.lax.conv_general_dilated = plain
+  else:
+    compiled, inputs = compiled_program(args.program, options)
+  start = time.perf_counter()
+  for _ in range(args.runs):
+    jax.block_until_ready(compiled(*inputs))
+  wall_ms = (time.perf_counter() - start) / args.runs * 1e3
   instructions, computations = hlo_instructions(compiled.as_text())
   jax.block_until_ready(compiled(*inputs))
   directory = tempfile.mkdtemp()
@@ -123,14 +148,17 @@ def main():
           by_kind[kind] += event.duration_ns / 1e6 / args.runs
           by_thunk[event.name] += event.duration_ns / 1e6 / args.runs
   total = sum(by_kind.values())
-  print(f'{args.program}, options={options or "XLA defaults"}: {total:.0f} ms in thunks per run '
-        f'(both threads)')
+  print(f'{args.program}{" (convolutions replaced)" if args.no_conv else ""}, '
+        f'options={options or "XLA defaults"}: {total:.0f} ms in thunks per run (both threads), '
+        f'{wall_ms:.0f} ms wall per run untraced')
+  if args.match:
+    matched = sum(ms for name, ms in by_thunk.items() if re.search(args.match, op_name(instructions[name][2])))
+    print(f'  {matched:8.1f} ms  {matched / total:6.1%}  thunks whose op_name matches {args.match!r}')
   for kind, ms in by_kind.most_common():
     print(f'  {ms:8.1f} ms  {ms / total:6.1%}  {kind}')
   for name, ms in by_thunk.most_common(args.top):
     shape, _, line = instructions[name]
-    op_name = re.search(r'op_name="([^"]+)"', line)
-    print(f'  {ms:7.2f} ms  {name:32s} {shape[:28]:28s} {op_name.group(1)[-70:] if op_name else ""}')
+    print(f'  {ms:7.2f} ms  {name:32s} {shape[:28]:28s} {op_name(line)[-70:]}')
 
 
 if __name__ == '__main__':
