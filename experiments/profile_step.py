@@ -20,6 +20,7 @@ replaced to weigh them (experiments/throughput.md).
 import argparse
 import collections
 import glob
+import json
 import os
 import re
 import sys
@@ -36,6 +37,7 @@ from cfg import build, parallel, train, train_state  # noqa: E402
 from configs import fashion_mnist  # noqa: E402
 
 import ablate_conv_grads  # noqa: E402  (beside this script)
+import interleaved  # noqa: E402
 
 
 def compiled_program(name, options):
@@ -113,6 +115,7 @@ def main():
                       help='every convolution replaced by ablate_conv_grads.cheap_conv while tracing')
   parser.add_argument('--match', default='',
                       help='also sum the thunks whose op_name matches this regular expression')
+  parser.add_argument('--json', default='', help='also write the sums and provenance here')
   parser.add_argument('--runs', type=int, default=3)
   parser.add_argument('--top', type=int, default=10, help='also list the N slowest thunks')
   args = parser.parse_args()
@@ -157,6 +160,10 @@ def main():
     print(f'  {matched:8.1f} ms  {matched / total:6.1%}  thunks whose op_name matches {args.match!r}')
   for kind, ms in by_kind.most_common():
     print(f'  {ms:8.1f} ms  {ms / total:6.1%}  {kind}')
+  if args.json:
+    with open(args.json, 'w') as f:
+      json.dump({**interleaved.benchmark_provenance(), 'options': options, 'wall_ms_untraced': wall_ms,
+                 'thunk_ms_by_kind': dict(by_kind), 'matched_ms': matched if args.match else None}, f, indent=1)
   for name, ms in by_thunk.most_common(args.top):
     shape, _, line = instructions[name]
     print(f'  {ms:7.2f} ms  {name:32s} {shape[:28]:28s} {op_name(line)[-70:]}')
