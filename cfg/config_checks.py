@@ -120,6 +120,9 @@ def _check_sampling(config):
            f'config.sampling.variance_interp={s.variance_interp} must lie in [0, 1] (paper: 0.3 or 0.2).')
   _require(0.0 <= s.eta <= 1.0, f'config.sampling.eta={s.eta} must lie in [0, 1] (DDIM: 0 deterministic, '
            '1 the posterior variance).')
+  _require(s.guide_state in ('evaluation', 'step'),
+           f'config.sampling.guide_state={s.guide_state!r} is unknown; use evaluation (a guidance state such '
+           'as APG\'s momentum advances at each network evaluation) or step (once per Heun step).')
   _require(s.num_samples >= 1 and s.batch_size >= 1,
            'config.sampling.num_samples and config.sampling.batch_size must be positive.')
   _require(s.labels in LABEL_PROTOCOLS,

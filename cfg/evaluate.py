@@ -163,6 +163,8 @@ def _sampling_choices(config):
     choices.update(solver_version='ode: T-1 steps, x = z_T/alpha_T', eta=s.eta)
     if s.sampler in ('dpmpp_2m', 'heun'):
       choices['solver_version'] += ', last step first order'
+    if s.sampler == 'heun' and s.guide_state != 'evaluation':
+      choices['guide_state'] = s.guide_state
   if s.grid != 'uniform_u':
     choices['grid'] = s.grid if s.grid != 'edm' else f'edm, sigma_max {solvers.EDM_SIGMA_MAX:g}'
   if s.labels != 'uniform':  # uniform was the only protocol before sampling.labels

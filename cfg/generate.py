@@ -45,7 +45,8 @@ def sampler_kwargs(config):
   return dict(
       image_shape=data.image_shape(config.data), num_steps=num_steps(config),
       null_label=config.data.num_classes, clip_x=s.clip_x, method=method(config), solver=s.sampler,
-      grid=s.grid, solver_params=solvers.SolverParams(variance_interp=s.variance_interp, eta=s.eta),
+      grid=s.grid, solver_params=solvers.SolverParams(
+          variance_interp=s.variance_interp, eta=s.eta, guide_state_per_step=s.guide_state == 'step'),
       logsnr_min=d.logsnr_min, logsnr_max=d.logsnr_max)
 
 

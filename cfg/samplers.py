@@ -76,7 +76,7 @@ def _validate(*, labels: ArrayLike, image_shape: Any, num_steps: Any, params: Gu
   if (isinstance(logsnr_min, numbers.Real) and isinstance(logsnr_max, numbers.Real)
       and not logsnr_min < logsnr_max):
     raise ValueError(f'logsnr_min must be < logsnr_max, got {logsnr_min} and {logsnr_max}.')
-  v, eta = solver_params
+  v, eta, _ = solver_params
   if isinstance(v, numbers.Real) and not 0.0 <= v <= 1.0:
     raise ValueError(f'variance_interp must lie in [0, 1], got {v}.')
   if isinstance(eta, numbers.Real) and not 0.0 <= eta <= 1.0:
@@ -172,7 +172,8 @@ def sample(denoise: Denoiser, *, key: Array, labels: ArrayLike, image_shape: Seq
     (then both networks are called with batch B, the same z, λ and labels).
   params: GuidanceParams (or `guidance_weight`, w alone), traced. method / solver / grid: names in
     guidance.METHODS / solvers.SOLVERS / solvers.GRIDS, or Method / Solver objects.
-  solver_params: SolverParams(variance_interp v, eta η); Python floats are static, arrays traced.
+  solver_params: SolverParams(variance_interp v, eta η, guide_state_per_step); Python numbers are static,
+    arrays traced.
   num_steps: static T >= 2 grid levels. null_label: static index of ∅. clip_x: static, clip x̃ to
   [−1, 1]. guide: static, False samples the conditional model alone. logsnr_min, logsnr_max: the grid
   ends. example_ids: int [B] global example indices (default arange(B)).

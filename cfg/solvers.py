@@ -99,9 +99,12 @@ class Carry(NamedTuple):
 
 
 class SolverParams(NamedTuple):
-  """Traced solver knobs: v of Algorithm 2 (ancestral) and η of DDIM."""
+  """Traced solver knobs: v of Algorithm 2 (ancestral), η of DDIM, and whether Heun's guidance state
+  advances once per step (True: both evaluations read the step's incoming state, the predictor's update
+  is carried) instead of at each evaluation (False)."""
   variance_interp: ArrayLike = 0.3
   eta: ArrayLike = 0.0
+  guide_state_per_step: ArrayLike = False
 
 
 def _alpha_sigma_like(logsnr: ArrayLike, x: Array) -> tuple[Array, Array]:
@@ -182,19 +185,23 @@ def heun_level(predict: Predict, *, carry: 'Carry', lv: 'Level', params: 'Solver
   then ẑ' = ẑ + (σ_e' − σ_e)(ε̂ + ε̂_E)/2, i.e. z' = z_E + α'(σ_e' − σ_e)(ε̂_E − ε̂)/2, except at the
   last step, which is the Euler step alone (one evaluation; an XLA Conditional skips the second).
 
-  Both evaluations use the level's guidance decision (kynkaat/guidance-interval's semantics); a
-  guidance state (APG's momentum) advances at each evaluation.
+  Both evaluations use the level's guidance decision (kynkaat/guidance-interval's semantics). A
+  guidance state (APG's momentum) advances at each evaluation, or, with `params.guide_state_per_step`,
+  once per step as in the first-order solvers: the second evaluation reads the state the step started
+  from, and the first evaluation's update is carried on.
   """
-  del params, draw_noise
+  del draw_noise
   pred, guide = predict(carry.z, lv.logsnr, carry.guide, lv.guided)
   alpha, sigma = _alpha_sigma_like(lv.logsnr, carry.z)
   alpha_next, sigma_next = _alpha_sigma_like(lv.logsnr_next, carry.z)
   z_euler = alpha_next * pred.x + sigma_next * pred.eps
+  per_step = params.guide_state_per_step
+  choose = lambda a, b: jax.tree.map(lambda u, v: jnp.where(per_step, u, v), a, b)
 
   def corrected(guide: Any) -> tuple[Array, Array, Any]:
-    pred_euler, guide = predict(z_euler, lv.logsnr_next, guide, lv.guided)
+    pred_euler, guide_euler = predict(z_euler, lv.logsnr_next, choose(carry.guide, guide), lv.guided)
     z = z_euler + 0.5 * (sigma_next - alpha_next * sigma / alpha) * (pred_euler.eps - pred.eps)
-    return z, pred_euler.x, guide
+    return z, pred_euler.x, choose(guide, guide_euler)
 
   z, x, guide = jax.lax.cond(lv.last, lambda guide: (z_euler, pred.x, guide), corrected, guide)
   return Carry(z=z, x=x, solver=carry.solver, guide=guide)

@@ -99,6 +99,7 @@ def _add_sampling_and_evaluation(config):
       nfe=config_dict.placeholder(int),  # set: an unguided-NFE budget per image instead of num_steps
       variance_interp=0.3,
       eta=0.0,  # DDIM's η ∈ [0, 1]: 0 deterministic, 1 the posterior variance
+      guide_state='evaluation',  # heun: a guidance state (APG's momentum) advances per 'evaluation' | 'step'
       clip_x=True,
       num_samples=1_000,
       batch_size=500,  # global, over all devices
@@ -175,7 +176,8 @@ def frontier_grid(*, base_overrides=(('diffusion.p_uncond', 0.1),), run='frontie
     CFG++ with ddim at NFE 16 (its own w ∈ [−1, 0]);
     cfg with ddim at NFE 16 at each of `checkpoints` (optimal w against training length);
     autoguidance with ddim and heun at NFE 16, guided by the run `guide` (overrides of base_overrides:
-    Karras et al. 2024's smaller, shorter-trained network), trained first in <root>/guide; none if empty.
+    Karras et al. 2024's smaller, shorter-trained network), trained first in <root>/guide; none if empty;
+    APG with heun at NFE 16 again, its momentum advanced once per Heun step instead of at both evaluations.
   """
   methods = [
       (('guidance.method', 'interval'), *INTERVAL),
@@ -198,6 +200,7 @@ def frontier_grid(*, base_overrides=(('diffusion.p_uncond', 0.1),), run='frontie
   if guide:
     cells += [at_16(sampler) + (('guidance.method', 'autoguidance'), ('guidance.guide_workdir', RunDir('guide')))
               for sampler in ('ddim', 'heun')]
+  cells += [at_16('heun') + methods[2] + (('sampling.guide_state', 'step'),)]
   return Grid(cells=tuple(cells), base_overrides=tuple(base_overrides), run=run, guides=guides, **costs)
 
 

@@ -132,6 +132,7 @@ def test_bad_config_arguments_say_what_is_wrong(arg, message):
 
 @pytest.mark.parametrize('field, value, message', [
     ('sampling.labels', 'stratified', "config.sampling.labels='stratified' is unknown; use balanced"),
+    ('sampling.guide_state', 'level', "config.sampling.guide_state='level' is unknown; use evaluation"),
     ('eval.reference_split', 'validation',
      "config.eval.reference_split='validation' is not a split of fashion_mnist; use one of ('train', 'test')"),
     ('eval.bootstrap_resamples', 5, 'config.eval.bootstrap_resamples=5 must be at least 10'),

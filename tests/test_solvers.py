@@ -153,3 +153,32 @@ def test_stochastic_ddim_moments_match_the_exact_recursion():
   mean, var = mean / alpha_last, var / alpha_last**2
   np.testing.assert_allclose(x.mean(0), mean, atol=4 * np.sqrt(var / count) + 1e-3)
   np.testing.assert_allclose(x.var(0).mean(), var, rtol=0.03)
+
+
+@pytest.mark.parametrize('per_step', [False, True])
+def test_heun_advances_the_guidance_state_per_evaluation_or_per_step(per_step):
+  # A predictor whose x̂ is the state it reads and which counts evaluations in its state: the second
+  # evaluation reads 1 (per evaluation) or 0 (per step), and the step hands on 2 or 1.
+  def predict(z, logsnr, state, guided):
+    del logsnr, guided
+    return guidance.Pred(eps=jnp.zeros_like(z), x=jnp.full_like(z, state)), state + 1.0
+
+  z = jnp.ones((2, 3))
+  lv = solvers.Level(index=jnp.asarray(0), logsnr=jnp.asarray(-1.0), logsnr_next=jnp.asarray(1.0),
+                     guided=None, last=jnp.asarray(False))
+  carry = solvers.Carry(z=z, x=jnp.zeros_like(z), solver=(), guide=jnp.asarray(0.0))
+  out = jax.jit(lambda c: solvers.heun_level(
+      predict, carry=c, lv=lv, params=solvers.SolverParams(guide_state_per_step=per_step),
+      draw_noise=None))(carry)
+  np.testing.assert_array_equal(out.x, 0.0 if per_step else 1.0)  # the second evaluation's x̂
+  assert float(out.guide) == (1.0 if per_step else 2.0)
+
+
+def test_heun_with_apg_momentum_differs_between_the_two_state_orders_and_cfg_does_not():
+  run = lambda method, per_step, **p: samplers.sample(
+      DENOISE, key=KEY, labels=jnp.zeros(BATCH, jnp.int32), image_shape=IMAGE_SHAPE, num_steps=9,
+      null_label=1, params=guidance.GuidanceParams(w=2.0, **p), solver='heun', method=method,
+      solver_params=solvers.SolverParams(guide_state_per_step=per_step), grid='edm')
+  apg = dict(apg_eta=0.0, apg_beta=-0.5)
+  assert np.abs(np.asarray(run('apg', False, **apg)) - np.asarray(run('apg', True, **apg))).max() > 1e-3
+  np.testing.assert_array_equal(run('cfg', False), run('cfg', True))  # cfg has no state
