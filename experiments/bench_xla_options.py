@@ -47,6 +47,8 @@ VARIANTS = {
     'no_loop_unrolling': {'xla_cpu_disable_loop_unrolling': True},
     'no_slp_vectorizer': {'xla_cpu_disable_slp_vectorizer': True},
     'platform_dependent_math': {'xla_cpu_enable_platform_dependent_math': True},
+    'legacy_runtime': {'xla_cpu_use_thunk_runtime': False},
+    'legacy_runtime_onednn': {'xla_cpu_use_thunk_runtime': False, 'xla_cpu_use_onednn': True},
     'onednn_custom_call': {'xla_cpu_experimental_onednn_custom_call': True},
     'onednn_custom_call_use_onednn': {'xla_cpu_experimental_onednn_custom_call': True,
                                       'xla_cpu_use_onednn': True},
