@@ -371,6 +371,8 @@ def _write_outputs(config, directory, workdir, step, rows, images, labels, recor
           'method': config.guidance.method, 'grid': config.sampling.grid,
           'num_samples': config.sampling.num_samples, 'p_uncond': config.diffusion.p_uncond,
           'seed': config.sampling.seed, 'labels': config.sampling.labels}
+  if config.sampling.sampler == 'heun' and config.sampling.guide_state != 'evaluation':
+    info['guide_state'] = config.sampling.guide_state
   tables.write_tables(directory, rows, info, provenance=record)
   files.write_text(directory / 'table.md',  # the table with its sampler, T and NFE above it
                     f'{generate.describe_evaluations(config)}\n\n{tables.markdown_table(rows)}\n')

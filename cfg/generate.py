@@ -62,8 +62,10 @@ def evaluations(config, w=1.0):
 def describe_evaluations(config):
   """One line: sampler, T and the NFE per image, e.g. 'ddim T=16: NFE 30 per image (15 + 15 guiding)'."""
   nfe = evaluations(config)
+  per_step = config.sampling.sampler == 'heun' and config.sampling.guide_state == 'step'
   return (f'{config.sampling.sampler} T={num_steps(config)} ({config.sampling.grid} grid), '
-          f'{config.guidance.method}: NFE {nfe.total} per image ({nfe.main} main + {nfe.ref} guiding)')
+          f'{config.guidance.method}{" (guidance state per step)" if per_step else ""}: '
+          f'NFE {nfe.total} per image ({nfe.main} main + {nfe.ref} guiding)')
 
 
 def make_sample_fn(model, config, mesh, *, guide=None):

@@ -31,7 +31,8 @@ def cell_summaries(collection):
     best = tables.best_row(rows, distance)
     summaries.append({
         'cell': label, 'sampler': info['sampler'], 'grid': info.get('grid', 'uniform_u'),
-        'T': info['num_steps'], 'nfe': info['nfe_per_image'], 'method': info.get('method', 'cfg'),
+        'T': info['num_steps'], 'nfe': info['nfe_per_image'],
+        'method': info.get('method', 'cfg') + (' (state per step)' if info.get('guide_state') == 'step' else ''),
         'step': info['step'], 'w*': best['w'], 'distance': distance, 'best': best[distance],
         'lo': best.get(f'{distance}_lo'), 'hi': best.get(f'{distance}_hi'),
         'inf': best.get(f'{distance}_inf'), 'samples': cell.get('samples'),
@@ -245,11 +246,11 @@ def findings(summaries):
     return next((c for c in cfg_cells if (c['sampler'], c['grid'], c['T']) == (s['sampler'], s['grid'], s['T'])),
                 None)
   for letter, method in (('b', 'interval'), ('c', 'autoguidance'), ('e', 'apg'), ('e', 'rescale')):
-    for s in (s for s in at_final if s['method'] == method):
+    for s in (s for s in at_final if s['method'].split(' (')[0] == method):
       base = baseline(s)
       if base is None:
         continue
-      line = (f'({letter}) {method} with {s["sampler"]} (T = {s["T"]}): {_fmt(s)} against cfg {_fmt(base)}: '
+      line = (f'({letter}) {s["method"]} with {s["sampler"]} (T = {s["T"]}): {_fmt(s)} against cfg {_fmt(base)}: '
               f'{_compare(s, base)}')
       if method == 'interval':
         line += f'; it saves {base["nfe"] - s["nfe"]} of cfg\'s {base["nfe"]} NFE per image'
@@ -269,14 +270,15 @@ def findings(summaries):
 
 def plot_tradeoffs(path, collection):
   """Distance against score over w, one line per guidance method, at the sampler and NFE where the
-  methods meet (the setting with the most methods at the last step)."""
+  methods meet (the setting with the most methods at the last step, a method's variants counted once)."""
   summaries = cell_summaries(collection)
   final = max(s['step'] for s in summaries)
   settings = {}
   for s in summaries:
     if s['step'] == final:
       settings.setdefault((s['sampler'], s['grid'], s['T']), []).append(s)
-  (sampler, _, steps), chosen = max(settings.items(), key=lambda item: (len(item[1]), item[0]))
+  methods = lambda cells: len({s['method'].split(' (')[0] for s in cells})  # variants count once
+  (sampler, _, steps), chosen = max(settings.items(), key=lambda item: (methods(item[1]), item[0]))
   series = {s['method']: [s['rows'][w] for w in sorted(s['rows'])] for s in chosen}
   tables.tradeoff_plot(path, series, title=f'{sampler}, T = {steps}, step {final}')
 

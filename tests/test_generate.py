@@ -70,3 +70,14 @@ def test_uniform_labels_are_the_earlier_draws_bit_for_bit():
   earlier = [int(jax.random.randint(jax.random.fold_in(key, i), (), 0, 10)) for i in range(20)]
   np.testing.assert_array_equal(_labels_of_a_run(config, 20), earlier)
   assert np.bincount(earlier, minlength=10).max() >= 3  # uniform draws are not balanced here
+
+
+def test_heun_s_per_step_guidance_state_is_named_where_users_read_the_evaluation():
+  from configs import fashion_mnist
+  config = fashion_mnist.get_config()
+  config.update_from_flattened_dict({'sampling.sampler': 'heun', 'sampling.grid': 'edm', 'sampling.num_steps': 9,
+                                     'guidance.method': 'apg'})
+  assert '(guidance state per step)' not in generate.describe_evaluations(config)
+  config.sampling.guide_state = 'step'
+  assert generate.describe_evaluations(config).startswith('heun T=9 (edm grid), apg (guidance state per step): NFE')
+  assert generate.sampler_kwargs(config)['solver_params'].guide_state_per_step is True

@@ -230,3 +230,17 @@ def test_sigterm_to_the_sweep_reaches_its_job_which_saves_and_the_sweep_stops(tm
   assert os.listdir(tmp_path / 'diffusion.p_uncond=0.1' / 'checkpoints') == [str(saved)]
   running = subprocess.run(['pgrep', '-f', '--', f'--workdir={tmp_path}'], capture_output=True, text=True)
   assert running.returncode == 1, running.stdout  # the job ended with the sweep
+
+
+def test_the_report_names_heun_s_per_step_guidance_state_and_reads_it_into_finding_e():
+  from cfg import report
+  info = lambda **kw: {'step': 10, 'sampler': 'heun', 'grid': 'edm', 'num_steps': 9, 'nfe_per_image': 30, **kw}
+  rows = lambda fd: [{'w': w, 'fd_fmnist': fd + w} for w in (0.0, 1.0)]
+  collection = {'cells': {'cfg': {'info': info(method='cfg'), 'rows': rows(5.0)},
+                          'apg': {'info': info(method='apg'), 'rows': rows(6.0)},
+                          'apg/step': {'info': info(method='apg', guide_state='step'), 'rows': rows(7.0)}}}
+  summaries = {s['cell']: s for s in report.cell_summaries(collection)}
+  assert [summaries[c]['method'] for c in ('cfg', 'apg', 'apg/step')] == ['cfg', 'apg', 'apg (state per step)']
+  lines = report.findings(list(summaries.values()))
+  assert any(line.startswith('(e) apg with heun (T = 9): 6') for line in lines), lines
+  assert any(line.startswith('(e) apg (state per step) with heun (T = 9): 7') for line in lines), lines
