@@ -163,8 +163,8 @@ def _sampling_choices(config):
     choices.update(solver_version='ode: T-1 steps, x = z_T/alpha_T', eta=s.eta)
     if s.sampler in ('dpmpp_2m', 'heun'):
       choices['solver_version'] += ', last step first order'
-    if s.sampler == 'heun' and s.guide_state != 'evaluation':
-      choices['guide_state'] = s.guide_state
+    if generate.guide_state_per_step(config):
+      choices['guide_state'] = 'step'
   if s.grid != 'uniform_u':
     choices['grid'] = s.grid if s.grid != 'edm' else f'edm, sigma_max {solvers.EDM_SIGMA_MAX:g}'
   if s.labels != 'uniform':  # uniform was the only protocol before sampling.labels
@@ -371,8 +371,8 @@ def _write_outputs(config, directory, workdir, step, rows, images, labels, recor
           'method': config.guidance.method, 'grid': config.sampling.grid,
           'num_samples': config.sampling.num_samples, 'p_uncond': config.diffusion.p_uncond,
           'seed': config.sampling.seed, 'labels': config.sampling.labels}
-  if config.sampling.sampler == 'heun' and config.sampling.guide_state != 'evaluation':
-    info['guide_state'] = config.sampling.guide_state
+  if generate.guide_state_per_step(config):
+    info['guide_state'] = 'step'
   tables.write_tables(directory, rows, info, provenance=record)
   files.write_text(directory / 'table.md',  # the table with its sampler, T and NFE above it
                     f'{generate.describe_evaluations(config)}\n\n{tables.markdown_table(rows)}\n')

@@ -39,6 +39,12 @@ def method(config):
   return guidance.get_method(config.guidance.method, schedule=config.guidance.schedule)
 
 
+def guide_state_per_step(config):
+  """Whether the sampler advances a guidance state once per step (Heun with sampling.guide_state=step);
+  the other solvers make one evaluation per step, so for them the setting changes nothing."""
+  return config.sampling.sampler == 'heun' and config.sampling.guide_state == 'step'
+
+
 def sampler_kwargs(config):
   """The static sampler arguments that `config.sampling`, `config.guidance` and `config.diffusion` describe."""
   s, d = config.sampling, config.diffusion
@@ -46,7 +52,7 @@ def sampler_kwargs(config):
       image_shape=data.image_shape(config.data), num_steps=num_steps(config),
       null_label=config.data.num_classes, clip_x=s.clip_x, method=method(config), solver=s.sampler,
       grid=s.grid, solver_params=solvers.SolverParams(
-          variance_interp=s.variance_interp, eta=s.eta, guide_state_per_step=s.guide_state == 'step'),
+          variance_interp=s.variance_interp, eta=s.eta, guide_state_per_step=guide_state_per_step(config)),
       logsnr_min=d.logsnr_min, logsnr_max=d.logsnr_max)
 
 
@@ -62,7 +68,7 @@ def evaluations(config, w=1.0):
 def describe_evaluations(config):
   """One line: sampler, T and the NFE per image, e.g. 'ddim T=16: NFE 30 per image (15 + 15 guiding)'."""
   nfe = evaluations(config)
-  per_step = config.sampling.sampler == 'heun' and config.sampling.guide_state == 'step'
+  per_step = guide_state_per_step(config)
   return (f'{config.sampling.sampler} T={num_steps(config)} ({config.sampling.grid} grid), '
           f'{config.guidance.method}{" (guidance state per step)" if per_step else ""}: '
           f'NFE {nfe.total} per image ({nfe.main} main + {nfe.ref} guiding)')

@@ -40,6 +40,11 @@ def cell_summaries(collection):
   return summaries
 
 
+def _base_method(summary):
+  """'apg' for 'apg (state per step)': the method a variant belongs to."""
+  return summary['method'].split(' (')[0]
+
+
 def cfg_by_setting(summaries):
   """{(sampler, grid, NFE): {step: summary}}: the cfg cells of one setting at each training step."""
   by_setting = {}
@@ -246,7 +251,7 @@ def findings(summaries):
     return next((c for c in cfg_cells if (c['sampler'], c['grid'], c['T']) == (s['sampler'], s['grid'], s['T'])),
                 None)
   for letter, method in (('b', 'interval'), ('c', 'autoguidance'), ('e', 'apg'), ('e', 'rescale')):
-    for s in (s for s in at_final if s['method'].split(' (')[0] == method):
+    for s in (s for s in at_final if _base_method(s) == method):
       base = baseline(s)
       if base is None:
         continue
@@ -277,7 +282,7 @@ def plot_tradeoffs(path, collection):
   for s in summaries:
     if s['step'] == final:
       settings.setdefault((s['sampler'], s['grid'], s['T']), []).append(s)
-  methods = lambda cells: len({s['method'].split(' (')[0] for s in cells})  # variants count once
+  methods = lambda cells: len({_base_method(s) for s in cells})  # variants count once
   (sampler, _, steps), chosen = max(settings.items(), key=lambda item: (methods(item[1]), item[0]))
   series = {s['method']: [s['rows'][w] for w in sorted(s['rows'])] for s in chosen}
   tables.tradeoff_plot(path, series, title=f'{sampler}, T = {steps}, step {final}')

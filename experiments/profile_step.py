@@ -3,7 +3,7 @@
 python experiments/profile_step.py --program=train            # the full train step, batch 64
 python experiments/profile_step.py --program=forward          # the forward pass, batch 128
 python experiments/profile_step.py --program=train --xla_defaults --top=30
-python experiments/profile_step.py --program=train --no_conv --match='/(conv_in|conv_out|skip|conv_in)/'
+python experiments/profile_step.py --program=train --no_conv --match='/(conv_in|conv_out|skip)/(mul|pad)'
 
 XLA:CPU's thunk runtime records one trace event per executed thunk, named after its HLO
 instruction. The script compiles the program (with the project's compile options unless
