@@ -1,6 +1,7 @@
 """The default U-Net against diffusers' UNet2DModel of the same shape, measured side by side.
 
 python experiments/bench_peer.py --torch_python=/path/to/torch-venv/bin/python [--repeats 5]
+    [--sides=project] [--jax_python=/path/to/other-jax-venv/bin/python]
 
 Set up the peer once, in its own venv (the project and its tests never import torch):
 
@@ -11,7 +12,9 @@ round in a worker process that waits while JAX runs, so the two never compete fo
 Times are the minimum over rounds (the least disturbed), ratios are project ÷ peer throughput. The
 project runs as it is and as it was before each change that mattered (`SIDES`: XLA's default CPU
 options; flax's threefry dropout mask; flax's GroupNorm under autodiff; YNNPACK for dots only, before its
-reductions were added), interleaved in the same rounds.
+reductions were added), interleaved in the same rounds; `--sides` keeps only some of them.
+`--jax_python` adds the project's own programs run by another interpreter (a venv with another
+jax/jaxlib, e.g. a newer one on a newer Python) as one more side, in a worker process like the peer's.
 
 - train step: batch 64, forward + backward + Adam (the project's full step: Algorithm 1's loss,
   clipping, EMA; the peer's: ε-MSE, Adam);
@@ -160,38 +163,79 @@ def _project_programs(options):
   for run in programs.values():  # compile and warm up
     run()
   count = sum(x.size for x in jax.tree.leaves(params))
-  return programs, dict(params=count, flops_per_image=flops, jax=jax.__version__)
+  return programs, dict(params=count, flops_per_image=flops, jax=jax.__version__, jaxlib=jax.lib.__version__,
+                        python=platform.python_version())
+
+
+def serve(programs, info):
+  """The worker's loop (`--worker`): print `info` as JSON, then for each program name read from stdin
+  run it and print its seconds (the protocol of the peer's worker)."""
+  print(json.dumps(info), flush=True)
+  for line in sys.stdin:
+    start = time.perf_counter()
+    programs[line.strip()]()
+    print(time.perf_counter() - start, flush=True)
+
+
+class Worker:
+  """A process that runs one side's programs when asked, and waits otherwise."""
+
+  def __init__(self, argv):
+    self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    self.info = json.loads(self.process.stdout.readline())
+
+  def run(self, name):
+    self.process.stdin.write(name + '\n')
+    self.process.stdin.flush()
+    return float(self.process.stdout.readline())
+
+  def close(self):
+    self.process.stdin.close()
+    self.process.wait()
 
 
 def main():
   parser = argparse.ArgumentParser()
-  parser.add_argument('--torch_python', required=True, help='python of a venv with torch + diffusers')
+  parser.add_argument('--torch_python', help='python of a venv with torch + diffusers')
   parser.add_argument('--repeats', type=int, default=5)
   parser.add_argument('--json', default=None, help='also write the numbers here')
+  parser.add_argument('--sides', default=','.join(SIDES),
+                      help=f'comma-separated sides of this interpreter to run (of: {", ".join(SIDES)})')
+  parser.add_argument('--jax_python', default=None,
+                      help='python of a venv with another jax/jaxlib and this project installed: its '
+                           '`project` programs run as one more side')
+  parser.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
   args = parser.parse_args()
+  if args.worker:
+    return serve(*project_programs(parallel.compiler_options()))
+  if not args.torch_python:
+    parser.error('--torch_python is required: the python of a venv with torch + diffusers '
+                 '(python3 -m venv ../torchvenv && ../torchvenv/bin/pip install -r experiments/requirements-peer.txt)')
+  chosen = args.sides.split(',')
+  if 'project' not in chosen or any(side not in SIDES for side in chosen):
+    parser.error(f'--sides={args.sides}: give a comma-separated subset of {", ".join(SIDES)} that includes project')
   started = time.time()
-  peer = subprocess.Popen([args.torch_python, '-c', _PEER], stdin=subprocess.PIPE,
-                          stdout=subprocess.PIPE, text=True)
-  peer_info = json.loads(peer.stdout.readline())
-  sides = {side: project_programs(options, swaps) for side, (options, swaps) in SIDES.items()}
+  workers = {'peer': Worker([args.torch_python, '-c', _PEER])}
+  peer_info = workers['peer'].info
+  if args.jax_python:
+    workers['other_jax'] = Worker([args.jax_python, os.path.abspath(__file__), '--worker'])
+  sides = {side: project_programs(*SIDES[side]) for side in SIDES if side in chosen}
   info = sides['project'][1]
-
-  def peer_run(name):
-    peer.stdin.write(name + '\n')
-    peer.stdin.flush()
-    return float(peer.stdout.readline())
+  other_jax = f'project, jax {workers["other_jax"].info["jax"]}' if 'other_jax' in workers else None
 
   names = ('train', 'forward', 'guided')
-  times = {side: {name: [] for name in names} for side in (*sides, 'peer')}
+  worker_sides = {**({other_jax: 'other_jax'} if other_jax else {}), 'peer': 'peer'}
+  times = {side: {name: [] for name in names} for side in (*sides, *worker_sides)}
   for _ in range(args.repeats):
     for name in names:
       for side, (programs, _) in sides.items():
         start = time.perf_counter()
         programs[name]()
         times[side][name].append(time.perf_counter() - start)
-      times['peer'][name].append(peer_run(name))
-  peer.stdin.close()
-  peer.wait()
+      for side, worker in worker_sides.items():
+        times[side][name].append(workers[worker].run(name))
+  for worker in workers.values():
+    worker.close()
 
   best = {side: {k: min(v) for k, v in t.items()} for side, t in times.items()}
   print(f'project: jax {info["jax"]}, {info["params"]:,} parameters, '
@@ -200,7 +244,10 @@ def main():
         f'{peer_info["params"]:,} parameters, {peer_info["flops_per_image"] / 1e6:.0f} MFLOP/image '
         f'forward (FlopCounterMode)')
   print(f'{args.repeats} alternating rounds, best of each; ratio = project / peer throughput\n')
-  before = [side for side in SIDES if side != 'project']
+  if other_jax:
+    print(f'{other_jax}: {args.jax_python}, {workers["other_jax"].info["params"]:,} parameters, '
+          f'{workers["other_jax"].info["flops_per_image"] / 1e6:.0f} MFLOP/image forward (XLA)')
+  before = [side for side in sides if side != 'project'] + ([other_jax] if other_jax else [])
   print('| | ' + ' | '.join(before) + ' | project | peer | ' + ' | '.join(f'ratio, {side}' for side in before)
         + ' | ratio now |')
   print('|---' * (2 * len(before) + 4) + '|')
@@ -211,7 +258,7 @@ def main():
     peer_time = best['peer'][name]
     print(f'| {label} | ' + ' | '.join(show(best[side][name]) for side in (*before, 'project', 'peer')) + ' | '
           + ' | '.join(f'{peer_time / best[side][name]:.2f}×' for side in (*before, 'project')) + ' |')
-  for side in (*SIDES, 'peer'):
+  for side in (*sides, *worker_sides):
     print(f'guided / unguided step, {side}: {best[side]["guided"] / best[side]["forward"]:.3f}')
   if args.json:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -223,7 +270,8 @@ def main():
                       compiler_options=parallel.compiler_options(),
                       date=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()))
     with open(args.json, 'w') as f:
-      json.dump(dict(provenance=provenance, project=info, peer=peer_info, best_seconds=best,
+      json.dump(dict(provenance=provenance, project=info, peer=peer_info,
+                     other_jax=workers['other_jax'].info if other_jax else None, best_seconds=best,
                      seconds=times, repeats=args.repeats), f, indent=1)
 
 
