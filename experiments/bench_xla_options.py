@@ -59,6 +59,9 @@ VARIANTS = {
     'ynn_dot_eltwise_reduce': {'xla_cpu_experimental_ynn_fusion_type':
                                'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_ELTWISE,'
                                'LIBRARY_FUSION_TYPE_REDUCE'},
+    'ynn_conv_dot_reduce': {'xla_cpu_experimental_ynn_fusion_type':
+                            'LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION,LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,'
+                            'LIBRARY_FUSION_TYPE_REDUCE'},
     'ynn_dot_eltwise_reduce_no_fusion_emitters': {
         'xla_cpu_experimental_ynn_fusion_type':
             'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_ELTWISE,LIBRARY_FUSION_TYPE_REDUCE',
