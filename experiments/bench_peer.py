@@ -1,7 +1,7 @@
 """The default U-Net against diffusers' UNet2DModel of the same shape, measured side by side.
 
 python experiments/bench_peer.py --torch_python=/path/to/torch-venv/bin/python [--repeats 5]
-    [--sides=project] [--jax_python=/path/to/other-jax-venv/bin/python]
+    [--side=project] [--jax_python=/path/to/other-jax-venv/bin/python]
 
 Set up the peer once, in its own venv (the project and its tests never import torch):
 
@@ -12,7 +12,7 @@ round in a worker process that waits while JAX runs, so the two never compete fo
 Times are the minimum over rounds (the least disturbed), ratios are project ÷ peer throughput. The
 project runs as it is and as it was before each change that mattered (`SIDES`: XLA's default CPU
 options; flax's threefry dropout mask; flax's GroupNorm under autodiff; YNNPACK for dots only, before its
-reductions were added), interleaved in the same rounds; `--sides` keeps only some of them.
+reductions were added), interleaved in the same rounds; `--side` (repeated) keeps only some of them.
 `--jax_python` adds the project's own programs run by another interpreter (a venv with another
 jax/jaxlib, e.g. a newer one on a newer Python) as one more side, in a worker process like the peer's.
 
@@ -199,8 +199,9 @@ def main():
   parser.add_argument('--torch_python', help='python of a venv with torch + diffusers')
   parser.add_argument('--repeats', type=int, default=5)
   parser.add_argument('--json', default=None, help='also write the numbers here')
-  parser.add_argument('--sides', default=','.join(SIDES),
-                      help=f'comma-separated sides of this interpreter to run (of: {", ".join(SIDES)})')
+  parser.add_argument('--side', action='append', default=None,
+                      help='a side of this interpreter to run, repeatable (default: all of SIDES: '
+                           + '; '.join(SIDES) + ')')
   parser.add_argument('--jax_python', default=None,
                       help='python of a venv with another jax/jaxlib and this project installed: its '
                            '`project` programs run as one more side')
@@ -211,9 +212,9 @@ def main():
   if not args.torch_python:
     parser.error('--torch_python is required: the python of a venv with torch + diffusers '
                  '(python3 -m venv ../torchvenv && ../torchvenv/bin/pip install -r experiments/requirements-peer.txt)')
-  chosen = args.sides.split(',')
+  chosen = args.side or list(SIDES)
   if 'project' not in chosen or any(side not in SIDES for side in chosen):
-    parser.error(f'--sides={args.sides}: give a comma-separated subset of {", ".join(SIDES)} that includes project')
+    parser.error(f'--side {chosen}: each must be one of SIDES ({"; ".join(SIDES)}), and project among them')
   started = time.time()
   workers = {'peer': Worker([args.torch_python, '-c', _PEER])}
   peer_info = workers['peer'].info
