@@ -39,3 +39,18 @@ def test_the_collection_is_the_committed_evaluations(folder):
   for name, cell in _read(os.path.join(folder, 'results.json'))['cells'].items():
     matches = [e for e in evaluations if e['info'] == cell['info'] and e['rows'] == cell['rows']]
     assert matches, f'cell {name}: no committed evaluation under run/eval has its info and rows'
+
+
+@pytest.mark.parametrize('folder', REPORTS, ids=[os.path.relpath(f, FRONTIER) for f in REPORTS])
+def test_table1_is_the_committed_evaluations(folder):
+  """Each job of the committed Table 1 collection (table1.json) is the results.json of the evaluation
+  committed under table1/<job>/eval/: the same info and rows."""
+  path = os.path.join(folder, 'table1.json')
+  if not os.path.exists(path):
+    pytest.skip(f'{os.path.relpath(folder, ROOT)} has no table1.json')
+  table1 = _read(path)
+  assert table1['jobs'], 'table1.json has no jobs'
+  for label, job in table1['jobs'].items():
+    evaluations = [_read(p) for p in glob.glob(os.path.join(FRONTIER, 'table1', label, 'eval', '*', 'results.json'))]
+    assert any(e['info'] == job['info'] and e['rows'] == table1['series'][label] for e in evaluations), (
+        f'table1 job {label}: no committed evaluation under table1/{label}/eval has its info and rows')
