@@ -140,6 +140,13 @@ def render(collection, table1=None):
             f'Evaluations made at commit(s) {", ".join(commits)} on {len(machines)} machine description(s): '
             + '; '.join(machines) + '. Each cell\'s command, wall time and evaluator fingerprints are in the '
             'collected results.json.', '']
+  if table1 is not None:
+    jobs = table1['jobs'].values()
+    commits = sorted({(job.get('provenance') or {}).get('commit') or 'unknown' for job in jobs})
+    machines = sorted({json.dumps((job.get('provenance') or {}).get('machine'), sort_keys=True) for job in jobs})
+    parts[-1:-1] = ['', f'Table 1\'s analogue: evaluations made at commit(s) {", ".join(commits)} on {len(machines)} '
+                    'machine description(s): ' + '; '.join(machines) + '. Each job\'s command and wall time are '
+                    'in its collection (`--table1`).']
   return '\n'.join(parts)
 
 

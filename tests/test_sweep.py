@@ -204,6 +204,8 @@ def test_a_grid_runs_and_collects_one_row_per_cell_and_weight(tmp_path):
   assert report.table1_analogue(table1) in page and '| 0 | 6 | 10 | 2 | 2 |' in page
   assert ('- (f) p_uncond = 0.1: best fd_fmnist 6 (seed 0: 6 at w = 0); p_uncond = 0.5: 10 (seed 0: 10 at w = 0); '
           'difference 4: one seed per value, no seed spread to set it against.') in page
+  commits = sorted({job['provenance']['commit'] for job in table1['jobs'].values()})
+  assert f"Table 1's analogue: evaluations made at commit(s) {', '.join(commits)} on 1 machine" in page
 
 
 def test_sigterm_to_the_sweep_reaches_its_job_which_saves_and_the_sweep_stops(tmp_path):
