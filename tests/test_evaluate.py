@@ -244,13 +244,14 @@ def test_sweep_plan_names_workdirs_and_counts_cost(tmp_path):
   assert [cost['train_steps'] for _, _, cost in steps] == [config.train.num_steps, 0]
 
 
-def _write_results(workdir, config, step, rows):
+def _write_results(workdir, config, step, rows, provenance=None):
   """A finished evaluation of `config` at `step`, where evaluate.run would have written it."""
   folder = os.path.join(workdir, 'eval', evaluate.evaluation_tag(
       config, step, evaluate.guidance_weights(config)))
   os.makedirs(folder)
+  results = {'info': {'step': step, 'seed': config.sampling.seed}, 'rows': rows}
   with open(os.path.join(folder, 'results.json'), 'w') as f:
-    json.dump({'info': {'step': step, 'seed': config.sampling.seed}, 'rows': rows}, f)
+    json.dump(results if provenance is None else {**results, 'provenance': provenance}, f)
 
 
 def _rows(fd):
