@@ -133,21 +133,21 @@ def render(collection, table1=None):
               _table(['cell', 'step', 'w*', 'samples'],
                      [[s['cell'], s['step'], tables.format_value(s['w*']), f'![{s["cell"]}]({s["samples"]})']
                       for s in with_samples]), '']
-  commits = sorted({(cell.get('provenance') or {}).get('commit') or 'unknown' for cell in collection['cells'].values()})
-  machines = sorted({json.dumps((cell.get('provenance') or {}).get('machine'), sort_keys=True)
-                     for cell in collection['cells'].values()})
   parts += ['## Provenance', '',
-            f'Evaluations made at commit(s) {", ".join(commits)} on {len(machines)} machine description(s): '
-            + '; '.join(machines) + '. Each cell\'s command, wall time and evaluator fingerprints are in the '
-            'collected results.json.', '']
+            f'Evaluations made at {_commits_and_machines(collection["cells"].values())}. Each cell\'s command, '
+            'wall time and evaluator fingerprints are in the collected results.json.', '']
   if table1 is not None:
-    jobs = table1['jobs'].values()
-    commits = sorted({(job.get('provenance') or {}).get('commit') or 'unknown' for job in jobs})
-    machines = sorted({json.dumps((job.get('provenance') or {}).get('machine'), sort_keys=True) for job in jobs})
-    parts[-1:-1] = ['', f'Table 1\'s analogue: evaluations made at commit(s) {", ".join(commits)} on {len(machines)} '
-                    'machine description(s): ' + '; '.join(machines) + '. Each job\'s command and wall time are '
-                    'in its collection (`--table1`).']
+    parts[-1:-1] = ['', f'Table 1\'s analogue: evaluations made at {_commits_and_machines(table1["jobs"].values())}. '
+                    'Each job\'s command and wall time are in its collection (`--table1`).']
   return '\n'.join(parts)
+
+
+def _commits_and_machines(records):
+  """'commit(s) a, b on 1 machine description(s): {...}': what the records' provenance names."""
+  provenances = [record.get('provenance') or {} for record in records]
+  commits = sorted({p.get('commit') or 'unknown' for p in provenances})
+  machines = sorted({json.dumps(p.get('machine'), sort_keys=True) for p in provenances})
+  return f'commit(s) {", ".join(commits)} on {len(machines)} machine description(s): ' + '; '.join(machines)
 
 
 def table2_analogue(cells):

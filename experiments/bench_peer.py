@@ -216,25 +216,26 @@ def main():
   if 'project' not in chosen or any(side not in SIDES for side in chosen):
     parser.error(f'--side {chosen}: each must be one of SIDES ({"; ".join(SIDES)}), and project among them')
   started = time.time()
-  workers = {'peer': Worker([args.torch_python, '-c', _PEER])}
-  peer_info = workers['peer'].info
+  workers = {}  # side: Worker, the other interpreter's project first, the peer last
   if args.jax_python:
-    workers['other_jax'] = Worker([args.jax_python, os.path.abspath(__file__), '--worker'])
+    worker = Worker([args.jax_python, os.path.abspath(__file__), '--worker'])
+    workers[f'project, jax {worker.info["jax"]}'] = worker
+  other_jax = next(iter(workers), None)
+  workers['peer'] = Worker([args.torch_python, '-c', _PEER])
+  peer_info = workers['peer'].info
   sides = {side: project_programs(*SIDES[side]) for side in SIDES if side in chosen}
   info = sides['project'][1]
-  other_jax = f'project, jax {workers["other_jax"].info["jax"]}' if 'other_jax' in workers else None
 
   names = ('train', 'forward', 'guided')
-  worker_sides = {**({other_jax: 'other_jax'} if other_jax else {}), 'peer': 'peer'}
-  times = {side: {name: [] for name in names} for side in (*sides, *worker_sides)}
+  times = {side: {name: [] for name in names} for side in (*sides, *workers)}
   for _ in range(args.repeats):
     for name in names:
       for side, (programs, _) in sides.items():
         start = time.perf_counter()
         programs[name]()
         times[side][name].append(time.perf_counter() - start)
-      for side, worker in worker_sides.items():
-        times[side][name].append(workers[worker].run(name))
+      for side, worker in workers.items():
+        times[side][name].append(worker.run(name))
   for worker in workers.values():
     worker.close()
 
@@ -246,8 +247,8 @@ def main():
         f'forward (FlopCounterMode)')
   print(f'{args.repeats} alternating rounds, best of each; ratio = project / peer throughput\n')
   if other_jax:
-    print(f'{other_jax}: {args.jax_python}, {workers["other_jax"].info["params"]:,} parameters, '
-          f'{workers["other_jax"].info["flops_per_image"] / 1e6:.0f} MFLOP/image forward (XLA)')
+    print(f'{other_jax}: {args.jax_python}, {workers[other_jax].info["params"]:,} parameters, '
+          f'{workers[other_jax].info["flops_per_image"] / 1e6:.0f} MFLOP/image forward (XLA)')
   before = [side for side in sides if side != 'project'] + ([other_jax] if other_jax else [])
   print('| | ' + ' | '.join(before) + ' | project | peer | ' + ' | '.join(f'ratio, {side}' for side in before)
         + ' | ratio now |')
@@ -259,7 +260,7 @@ def main():
     peer_time = best['peer'][name]
     print(f'| {label} | ' + ' | '.join(show(best[side][name]) for side in (*before, 'project', 'peer')) + ' | '
           + ' | '.join(f'{peer_time / best[side][name]:.2f}×' for side in (*before, 'project')) + ' |')
-  for side in (*sides, *worker_sides):
+  for side in (*sides, *workers):
     print(f'guided / unguided step, {side}: {best[side]["guided"] / best[side]["forward"]:.3f}')
   if args.json:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -272,7 +273,7 @@ def main():
                       date=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()))
     with open(args.json, 'w') as f:
       json.dump(dict(provenance=provenance, project=info, peer=peer_info,
-                     other_jax=workers['other_jax'].info if other_jax else None, best_seconds=best,
+                     other_jax=workers[other_jax].info if other_jax else None, best_seconds=best,
                      seconds=times, repeats=args.repeats), f, indent=1)
 
 
