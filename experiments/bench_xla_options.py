@@ -62,6 +62,16 @@ VARIANTS = {
     'ynn_conv_dot_reduce': {'xla_cpu_experimental_ynn_fusion_type':
                             'LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION,LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,'
                             'LIBRARY_FUSION_TYPE_REDUCE'},
+    # Options that jaxlib 0.12 has and 0.10.2 did not (Python 3.12 venv).
+    'onednn_conv': {'xla_cpu_experimental_onednn_fusion_type': 'LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION'},
+    'onednn_conv_use_onednn': {'xla_cpu_experimental_onednn_fusion_type':
+                               'LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION', 'xla_cpu_use_onednn': True},
+    'onednn_eltwise': {'xla_cpu_experimental_onednn_fusion_type': 'LIBRARY_FUSION_TYPE_ELTWISE'},
+    'xnn_conv': {'xla_cpu_experimental_xnn_fusion_type': 'LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION'},
+    'xnn_eltwise': {'xla_cpu_experimental_xnn_fusion_type': 'LIBRARY_FUSION_TYPE_ELTWISE'},
+    'mlir_tiling_and_fusion': {'xla_cpu_enable_mlir_tiling_and_fusion': True},
+    'custom_matmul_tiling': {'xla_cpu_enable_custom_matmul_tiling': True},
+    'experimental_deallocation': {'xla_cpu_enable_experimental_deallocation': True},
     'ynn_dot_eltwise_reduce_no_fusion_emitters': {
         'xla_cpu_experimental_ynn_fusion_type':
             'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_ELTWISE,LIBRARY_FUSION_TYPE_REDUCE',
