@@ -12,8 +12,8 @@ with the project's compile options, the way `cfg/train.py` runs it (`parallel.da
 - `two host devices`: `--xla_force_host_platform_device_count=2`, 32 images on each, XLA's all-reduce of
   the gradients; `..., single-threaded Eigen`: each device's convolutions on its own thread.
 
-Beside the times, each worker's loss and largest parameter after its first step: the split runs the same
-step, its gradients summed in another order.
+Beside the times, each worker's loss and gradients of its first step against the one-device worker's: the
+split runs the same step, its gradients summed in another order.
 """
 
 import argparse
@@ -52,9 +52,10 @@ def worker(steps):
                           out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)),
                           donate_argnums=0).lower(state, batch).compile()
   state, metrics = compiled(state, batch)
-  largest = max(float(np.max(np.abs(np.asarray(p)))) for p in jax.tree.leaves(state.params))
-  print(json.dumps(dict(devices=jax.device_count(), loss=float(metrics['loss']), largest_param=largest,
-                        jax=jax.__version__)), flush=True)
+  gradients = jax.tree.map(np.asarray, interleaved.first_step_gradients(state))
+  print(json.dumps(dict(devices=jax.device_count(), loss=float(metrics['loss']), jax=jax.__version__,
+                        gradients={jax.tree_util.keystr(k): v.tolist()
+                                   for k, v in jax.tree_util.tree_leaves_with_path(gradients)})), flush=True)
   for _ in sys.stdin:
     start = time.perf_counter()
     for _ in range(steps):
@@ -101,12 +102,17 @@ def main():
     w.close()
   base = min(times['one device'])
   print(f'train step, batch 64, best of {args.rounds} rounds of {args.steps} steps, {os.cpu_count()} CPUs')
-  print('| side | devices | img/s | ratio to one device | loss after step 1 | largest parameter |')
+  print('| side | devices | img/s | ratio to one device | loss of step 1 | max rel. |Δ| gradients |')
   print('|---|---|---|---|---|---|')
+  reference = {k: np.asarray(v) for k, v in workers['one device'].info['gradients'].items()}
   for name, w in workers.items():
     best = min(times[name])
+    gradients = {k: np.asarray(v) for k, v in w.info['gradients'].items()}
+    difference = interleaved.largest_relative_difference(gradients, reference)
     print(f'| {name} | {w.info["devices"]} | {64 / best:.1f} | {base / best:.3f}× | {w.info["loss"]:.7f} | '
-          f'{w.info["largest_param"]:.9f} |')
+          f'{difference:.1e} |')
+    w.info['gradients_difference'] = difference
+    del w.info['gradients']
   if args.json:
     with open(args.json, 'w') as f:
       json.dump({**interleaved.benchmark_provenance(), 'wall_seconds': time.time() - started,

@@ -7,23 +7,21 @@ python experiments/bench_xla_options.py --pause_group=PGID   # beside a backgrou
 Each variant is the project's options (`cfg.parallel.compiler_options()`) with some flags added, or
 XLA's defaults. All are compiled from the same lowered train step (batch 64); every round runs each
 variant `--steps` times one after the other, and the table reports the best round's img/s and its
-ratio to the project's options. Beside it, the largest difference of the new parameters and the loss
-from the project's compile: an option that changes the arithmetic beyond float32 rounding is no
+ratio to the project's options. Beside it, how far the loss and the gradients (Adam's first moment after
+the step: the warmup's learning rate is 0 at step 0, so the parameters do not move) are from the project's
+compile: an option that changes the arithmetic beyond float32 rounding is no
 candidate (fast-math flags are not tried for that reason).
 """
 
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
 
 from cfg import parallel  # noqa: E402
 
@@ -110,35 +108,30 @@ def main():
       continue
     compile_s[name] = time.perf_counter() - start
   reference = jax.block_until_ready(compiled['project'](*inputs))
-  differences = {}
+  reference_gradients = interleaved.first_step_gradients(reference[0])
+  differences = {}  # name: (|Δ loss|, largest relative difference of the gradients)
   for name, fn in compiled.items():
     out = jax.block_until_ready(fn(*inputs))
-    diffs = [float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
-             for a, b in zip(jax.tree.leaves((out[0].params, out[1]['loss'])),
-                             jax.tree.leaves((reference[0].params, reference[1]['loss'])))]
-    differences[name] = max(diffs)
+    differences[name] = (abs(float(out[1]['loss']) - float(reference[1]['loss'])),
+                         interleaved.largest_relative_difference(interleaved.first_step_gradients(out[0]),
+                                                                 reference_gradients))
   load = os.getloadavg()[0]
   times = interleaved.time_rounds(compiled, inputs, rounds=args.rounds, steps=args.steps,
                                   pause_group=args.pause_group)
   base = args.batch / min(times['project'])
   print(f'\ntrain step, batch {args.batch}, best of {args.rounds} rounds of {args.steps} steps '
         f'(load average at start {load:.2f})')
-  print(f'| variant | img/s | ratio to project | compile s | max |Δ| params, loss |')
-  print('|---|---|---|---|---|')
+  print(f'| variant | img/s | ratio to project | compile s | |Δ| loss | max rel. |Δ| gradients |')
+  print('|---|---|---|---|---|---|')
   for name in compiled:
     rate = args.batch / min(times[name])
     print(f'| {name} | {rate:.1f} | {rate / base:.3f}× | {compile_s[name]:.1f} | '
-          f'{differences[name]:.2e} |')
+          f'{differences[name][0]:.1e} | {differences[name][1]:.1e} |')
   if args.json:
-    commit = subprocess.run(['git', 'rev-parse', 'HEAD'], capture_output=True, text=True).stdout.strip()
-    dirty = bool(subprocess.run(['git', 'status', '--porcelain'], capture_output=True,
-                                text=True).stdout.strip())
     with open(args.json, 'w') as f:
-      json.dump({'command': ' '.join(sys.argv), 'commit': commit, 'dirty_tree': dirty,
-                 'machine': platform.processor() or platform.machine(), 'cpus': os.cpu_count(),
-                 'jax': jax.__version__, 'load_average_at_start': load, 'batch': args.batch,
+      json.dump({**interleaved.benchmark_provenance(), 'load_average_at_start': load, 'batch': args.batch,
                  'seconds_per_step': times, 'compile_seconds': compile_s,
-                 'max_abs_difference': differences,
+                 'loss_and_gradient_differences': differences,
                  'variants': {n: VARIANTS[n] for n in compiled}}, f, indent=1)
 
 

@@ -9,6 +9,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from cfg import build, parallel, train, train_state
 from cfg.evaluation import provenance
@@ -27,6 +28,22 @@ def default_train_step(batch_size):
            'labels': jnp.arange(batch_size, dtype=jnp.int32) % 10}
   step = lambda s, b: train.train_step(s, b, model=model, optimizer=optimizer, config=config)
   return step, state, batch
+
+
+def first_step_gradients(state):
+  """The gradients of the train step that produced `state` from a fresh one: Adam's first moment ÷ (1 − b1).
+  At step 0 the warmup's learning rate is 0, so the parameters after one step equal the initial ones and
+  only the optimizer state (and the loss) tell whether two compiles of the step compute the same thing."""
+  b1 = fashion_mnist.get_config().optim.b1
+  adam, = [s for s in jax.tree.leaves(state.opt_state, is_leaf=lambda s: isinstance(s, optax.ScaleByAdamState))
+           if isinstance(s, optax.ScaleByAdamState)]
+  return jax.tree.map(lambda m: m / (1.0 - b1), adam.mu)
+
+
+def largest_relative_difference(tree, reference):
+  """max over the leaves of max |a − b| ÷ max |b|."""
+  return max(float(jnp.max(jnp.abs(a - b)) / jnp.maximum(jnp.max(jnp.abs(b)), 1e-30))
+             for a, b in zip(jax.tree.leaves(tree), jax.tree.leaves(reference)))
 
 
 def time_rounds(programs, inputs, *, rounds, steps, pause_group=0, warm_each_round=False):
