@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -103,12 +104,16 @@ def autodiff_group_norm_modulated(x, gamma, beta, scale, shift, groups, silu):
 BEFORE_FUSED_NORM = {'dropout_keep_mask': threefry_keep_mask,
                      'group_norm_modulated': autodiff_group_norm_modulated}
 YNNPACK_DOTS_ONLY = {'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT'}
+# A candidate: oneDNN instead of YNNPACK for the dots (any oneDNN fusion type with xla_cpu_use_onednn).
+ONEDNN_DOTS = {'xla_cpu_experimental_onednn_fusion_type': 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT',
+               'xla_cpu_use_onednn': True}
 SIDES = {
     'XLA defaults, threefry dropout, autodiff GroupNorm': ({}, BEFORE_FUSED_NORM),
     'YNNPACK dots only, autodiff GroupNorm': (YNNPACK_DOTS_ONLY,
                                               {'group_norm_modulated': autodiff_group_norm_modulated}),
     'YNNPACK dots only': (YNNPACK_DOTS_ONLY, {}),
     'project': (parallel.compiler_options(), {}),
+    'oneDNN dots': ({**parallel.compiler_options(), **ONEDNN_DOTS}, {}),
 }
 
 
@@ -205,6 +210,9 @@ def main():
   parser.add_argument('--jax_python', default=None,
                       help='python of a venv with another jax/jaxlib and this project installed: its '
                            '`project` programs run as one more side')
+  parser.add_argument('--pause_group', type=int, default=0,
+                      help='a process group (e.g. a background evaluation) to SIGSTOP while the rounds are '
+                           'timed and SIGCONT after; compiling runs beside it')
   parser.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.worker:
@@ -228,14 +236,20 @@ def main():
 
   names = ('train', 'forward', 'guided')
   times = {side: {name: [] for name in names} for side in (*sides, *workers)}
-  for _ in range(args.repeats):
-    for name in names:
-      for side, (programs, _) in sides.items():
-        start = time.perf_counter()
-        programs[name]()
-        times[side][name].append(time.perf_counter() - start)
-      for side, worker in workers.items():
-        times[side][name].append(worker.run(name))
+  if args.pause_group:
+    os.killpg(args.pause_group, signal.SIGSTOP)
+  try:
+    for _ in range(args.repeats):
+      for name in names:
+        for side, (programs, _) in sides.items():
+          start = time.perf_counter()
+          programs[name]()
+          times[side][name].append(time.perf_counter() - start)
+        for side, worker in workers.items():
+          times[side][name].append(worker.run(name))
+  finally:
+    if args.pause_group:
+      os.killpg(args.pause_group, signal.SIGCONT)
   for worker in workers.values():
     worker.close()
 

@@ -64,6 +64,9 @@ VARIANTS = {
     'onednn_conv': {'xla_cpu_experimental_onednn_fusion_type': 'LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION'},
     'onednn_conv_use_onednn': {'xla_cpu_experimental_onednn_fusion_type':
                                'LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION', 'xla_cpu_use_onednn': True},
+    # (with xla_cpu_use_onednn, any oneDNN fusion type gives the same program: oneDNN takes the dots, not the
+    # convolutions; without it, none changes the program)
+    'ynn_reduce_only': {'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_REDUCE'},
     'onednn_eltwise': {'xla_cpu_experimental_onednn_fusion_type': 'LIBRARY_FUSION_TYPE_ELTWISE'},
     'xnn_conv': {'xla_cpu_experimental_xnn_fusion_type': 'LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION'},
     'xnn_eltwise': {'xla_cpu_experimental_xnn_fusion_type': 'LIBRARY_FUSION_TYPE_ELTWISE'},
