@@ -124,7 +124,7 @@ def main():
   base = args.batch / min(times['project'])
   print(f'\ntrain step, batch {args.batch}, best of {args.rounds} rounds of {args.steps} steps '
         f'(load average at start {load:.2f})')
-  print(f'| variant | img/s | ratio to project | compile s | |Δ| loss | max rel. |Δ| gradients |')
+  print('| variant | img/s | ratio to project | compile s | |Δ| loss | max rel. |Δ| gradients |')
   print('|---|---|---|---|---|---|')
   for name in compiled:
     rate = args.batch / min(times[name])
