@@ -284,6 +284,31 @@ def _pass_arrays(directory, num_rounds):
   return {k: np.concatenate(v, axis=0 if k in ('ids', 'labels') else 1) for k, v in parts.items()}
 
 
+def sampled_by(directory, passes, num_rounds):
+  """{round name (`round_<i>`, `refine<k>/round_<i>`): what sampled it} for every round of `passes`.
+
+  From each round's record (`rounds.round_records`). A round written before rounds had records takes what
+  the evaluation's previous results.json says of it: its `sampled_by` entry, else that file's own commit,
+  machine and date (`seconds`: None), the process that last wrote it; with no previous results.json, None.
+  """
+  previous = files.join(directory, 'results.json')
+  previous = files.read_json(previous)['provenance'] if previous.exists() else None
+  fields = ('command', 'commit', 'tree_dirty', 'date', 'machine')
+  out = {}
+  for folder, _ in passes:
+    prefix = '' if folder == directory else f'{folder.name}/'
+    for index, record in enumerate(rounds.round_records(folder, num_rounds)):
+      name = f'{prefix}round_{index:05d}'
+      if record is not None:
+        out[name] = {**{k: record.get(k) for k in fields}, 'seconds': record.get('wall_seconds')}
+      elif previous is None:
+        out[name] = None
+      else:
+        out[name] = (previous.get('sampled_by') or {}).get(name) or {
+            **{k: previous.get(k) for k in fields}, 'seconds': None}
+  return out
+
+
 def _main_distances(space, arrays):
   """The main space's Fréchet distance at each weight of a pass (no interval): what refinement ranks."""
   return [metrics.frechet_distance_to_reference(features=f, mu_ref=space.reference['mu'],
@@ -355,6 +380,7 @@ def run(config, workdir, *, on_round: Optional[Callable[[int], None]] = None):
               'reference': {space.name: space.reference_source for space in spaces}, 'evaluators': evaluators,
               'checkpoint': checkpoint, 'rounds_resumed': resumed, 'config': config.to_dict(),
               'weight_passes': [list(ws) for _, ws in passes],
+              'sampled_by': sampled_by(directory, passes, num_rounds),  # the rounds; the rest: this process
               **provenance.provenance(wall_seconds=time.time() - started)}
     _write_outputs(config, directory, workdir, step, rows, stacked['images'], labels, record)
     return rows

@@ -143,8 +143,10 @@ def render(collection, table1=None):
 
 
 def _commits_and_machines(records):
-  """'commit(s) a, b on 1 machine description(s): {...}': what the records' provenance names."""
+  """'commit(s) a, b on 1 machine description(s): {...}': what the records' provenance names, the processes
+  that sampled their rounds (`sampled_by`) as well as those that scored them."""
   provenances = [record.get('provenance') or {} for record in records]
+  provenances += [r for p in provenances for r in (p.get('sampled_by') or {}).values() if r is not None]
   commits = sorted({p.get('commit') or 'unknown' for p in provenances})
   machines = sorted({json.dumps(p.get('machine'), sort_keys=True) for p in provenances})
   return f'commit(s) {", ".join(commits)} on {len(machines)} machine description(s): ' + '; '.join(machines)

@@ -100,7 +100,7 @@ def test_resuming_rounds_with_another_feature_network_refuses_and_keeps_them(tra
     evaluate.run(config, workdir, on_round=_kill_after_first_round)
   (folder,) = glob.glob(os.path.join(workdir, 'eval', '*'))
   before = {name: open(os.path.join(folder, name), 'rb').read() for name in os.listdir(folder)}
-  assert sorted(before) == ['manifest.json', 'round_00000.npz']
+  assert sorted(before) == ['manifest.json', 'round_00000.json', 'round_00000.npz']
   net = feature_net.load_feature_net(config.eval.feature_net_dir)  # the same network, one weight moved
   variables = jax.tree.map(np.asarray, net.variables)
   variables['params']['Dense_0']['bias'] = variables['params']['Dense_0']['bias'] + 1e-3
@@ -149,9 +149,10 @@ def test_refinement_passes_add_midpoints_with_the_same_noise(trained_workdir, tm
     stored = json.load(f)
   assert stored['provenance']['weight_passes'] == [[0.0, 1.0, 3.0], first, second]
   assert [row['w'] for row in stored['rows']] == sorted(by_w)
-  assert sorted(os.listdir(os.path.join(folder, 'refine1'))) == ['manifest.json', 'round_00000.npz',
-                                                                  'round_00001.npz', 'round_00002.npz',
-                                                                  'round_00003.npz']
+  assert sorted(os.listdir(os.path.join(folder, 'refine1'))) == ['manifest.json', *sorted(
+      f'round_{i:05d}.{ext}' for i in range(4) for ext in ('json', 'npz'))]
+  assert sorted(stored['provenance']['sampled_by']) == sorted(
+      f'{prefix}round_{i:05d}' for prefix in ('', 'refine1/', 'refine2/') for i in range(4))
 
 
 TINY_DINOV2 = dict(patch_size=14, embed_dim=64, depth=1, num_heads=1, mlp_ratio=4.0, pos_grid=16)
@@ -341,3 +342,45 @@ def test_provenance_records_the_commit_of_the_code_the_process_imported(monkeypa
   after = provenance.provenance(wall_seconds=0.0)
   assert (after['commit'], after['tree_dirty']) == (before['commit'], before['tree_dirty'])
   assert after['commit'] != 'f' * 40
+
+
+def test_a_rescore_names_the_code_that_sampled_the_rounds(trained_workdir, tmp_path, monkeypatch):
+  """Rerunning a finished evaluation only rescores its rounds; results.json's `sampled_by` still names the
+  commit that sampled each round, its own commit the one that scored them."""
+  from cfg import report
+  from cfg.evaluation import provenance
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(trained_workdir, workdir)
+  rows = evaluate.run(_eval_config(), workdir)
+  (folder,) = glob.glob(os.path.join(workdir, 'eval', '*'))
+  read = lambda: json.load(open(os.path.join(folder, 'results.json')))['provenance']
+  sampler = provenance.code_version()[0]
+  first = read()
+  assert sorted(first['sampled_by']) == [f'round_{i:05d}' for i in range(4)]
+  assert all(r['commit'] == sampler and r['seconds'] > 0 and r['machine'] == first['machine']
+             for r in first['sampled_by'].values())
+
+  monkeypatch.setattr(provenance, 'code_version', lambda: ('f' * 40, False))
+  assert evaluate.run(_eval_config(), workdir) == rows
+  rescored = read()
+  assert rescored['rounds_resumed'] == 4 and rescored['commit'] == 'f' * 40
+  assert rescored['sampled_by'] == first['sampled_by']
+  line = report._commits_and_machines([{'provenance': rescored}])
+  assert sampler in line and 'f' * 40 in line and '1 machine description(s)' in line
+
+  # Rounds from before rounds had records: what the previous results.json says of them.
+  for path in glob.glob(os.path.join(folder, 'round_*.json')):
+    os.remove(path)
+  assert evaluate.run(_eval_config(), workdir) == rows
+  assert read()['sampled_by'] == first['sampled_by']
+  with open(os.path.join(folder, 'results.json')) as f:
+    results = json.load(f)
+  del results['provenance']['sampled_by']
+  results['provenance']['commit'] = 'a' * 40
+  with open(os.path.join(folder, 'results.json'), 'w') as f:
+    json.dump(results, f)
+  assert evaluate.run(_eval_config(), workdir) == rows
+  assert {(r['commit'], r['seconds']) for r in read()['sampled_by'].values()} == {('a' * 40, None)}
+  os.remove(os.path.join(folder, 'results.json'))
+  assert evaluate.run(_eval_config(), workdir) == rows
+  assert set(read()['sampled_by'].values()) == {None}

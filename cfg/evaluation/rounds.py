@@ -1,6 +1,8 @@
 """A long evaluation as numbered rounds on disk, so a killed run continues where it stopped.
 
-Each round's arrays go to `round_<i>.npz`, written whole (a kill leaves either the whole file or none).
+Each round's arrays go to `round_<i>.npz`, written whole (a kill leaves either the whole file or none),
+after `round_<i>.json`: what sampled it (command, commit, machine, date, seconds), so an evaluation that
+resumes or only rescores finished rounds still names the code that sampled them (`sampled_by`).
 A `manifest.json` records what the rounds are of (settings, the fingerprints of the feature networks'
 weights and of the checkpoint's EMA params); a rerun with any of them changed in the same folder is
 refused, naming what changed, instead of mixing results. With several processes, process 0 decides which rounds are left and
@@ -8,9 +10,11 @@ tells the others (so all enter each collective sampling program together), and o
 """
 
 import json
+import time
 
 from cfg import files, parallel
 from cfg.errors import UserError
+from cfg.evaluation import provenance
 
 
 class RoundsMismatchError(UserError, ValueError):
@@ -19,6 +23,10 @@ class RoundsMismatchError(UserError, ValueError):
 
 def _round_path(directory, index):
   return files.join(directory, f'round_{index:05d}.npz')
+
+
+def _record_path(directory, index):
+  return files.join(directory, f'round_{index:05d}.json')
 
 
 def open_rounds(directory, manifest):
@@ -64,8 +72,10 @@ def run_rounds(directory, num_rounds, make_round, *, on_round=None):
   for index in range(num_rounds):
     if index in done:
       continue
+    started = time.time()
     arrays = make_round(index)
-    if parallel.is_writer():
+    if parallel.is_writer():  # the record first: a round on disk always has one (a kill between redoes both)
+      files.write_json(_record_path(directory, index), provenance.provenance(wall_seconds=time.time() - started))
       files.save_npz(_round_path(directory, index), arrays)
     parallel.sync(f'cfg.rounds.{index}')
     if on_round is not None:
@@ -80,3 +90,12 @@ def load_rounds(directory, num_rounds):
     for name, array in files.load_npz(_round_path(directory, index)).items():
       rounds.setdefault(name, []).append(array)
   return rounds
+
+
+def round_records(directory, num_rounds):
+  """[provenance of the process that sampled round i, or None for a round written before rounds had records]."""
+  records = []
+  for index in range(num_rounds):
+    path = _record_path(directory, index)
+    records.append(files.read_json(path) if path.exists() else None)
+  return records
