@@ -241,7 +241,8 @@ EVAL_FLAGS = ('--config.mode=eval', '--config.sampling.num_samples=80', '--confi
 
 def test_two_processes_evaluate_and_sample_like_one_and_a_killed_evaluation_resumes(runs, tmp_path):
   """Process 0 decides which rounds and weights are left and writes every file: two processes give the
-  files of one process on the same two devices, byte for byte, also after one of them was killed
+  files of one process on the same two devices, byte for byte (what records the run itself aside: results.json's
+  provenance, the round records' process count and times), also after one of them was killed
   mid-evaluation (the job with it) and the evaluation was started again."""
   dirs = {name: _only_checkpoint(runs['dirs']['two_devices'], _sigterm_step(runs), str(tmp_path / name))
           for name in ('one', 'two')}
@@ -270,6 +271,11 @@ def test_two_processes_evaluate_and_sample_like_one_and_a_killed_evaluation_resu
         assert ours['provenance'][key] == theirs['provenance'][key], key
       ours.pop('provenance'), theirs.pop('provenance')
       assert ours == theirs
+      continue
+    if re.search(r'round_\d+\.json$', name):  # what sampled the round: provenance alone, written by process 0
+      ours, theirs = json.loads(one[name]), json.loads(two[name])
+      assert sorted(ours) == sorted(theirs) and ours['commit'] == theirs['commit'], name
+      assert [r['machine']['process_count'] for r in (ours, theirs)] == [1, 2], name
       continue
     assert two[name] == one[name], name
 
