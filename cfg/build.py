@@ -3,20 +3,23 @@
 import jax.numpy as jnp
 import optax
 
+from cfg.models import onednn_conv
 from cfg.models.unet import UNet
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
 def model_from_config(config):
-  """The ADM U-Net of `config.model`, with num_classes + 1 label rows (the last is ∅)."""
+  """The ADM U-Net of `config.model`, with num_classes + 1 label rows (the last is ∅); conv_impl 'auto' is
+  resolved here, for the devices of this process."""
   m = config.model
   return UNet(
       base_channels=m.base_channels, channel_mult=tuple(m.channel_mult),
       num_res_blocks=m.num_res_blocks, attn_resolutions=tuple(m.attn_resolutions),
       num_heads=m.num_heads, head_channels=m.head_channels, dropout=m.dropout,
       num_classes=config.data.num_classes, resblock_updown=m.resblock_updown,
-      norm_groups=m.norm_groups, dtype=_DTYPES[m.compute_dtype], remat=m.remat)
+      norm_groups=m.norm_groups, dtype=_DTYPES[m.compute_dtype], remat=m.remat,
+      conv_impl=onednn_conv.resolve(m.get('conv_impl', 'auto')))
 
 
 def learning_rate_schedule(optim_config):

@@ -47,6 +47,9 @@ def _add_data_and_model(config):
       norm_groups=32,  # GroupNorm groups (ADM: 32); must divide every level's width
       compute_dtype='float32',  # float32 | bfloat16 (params stay float32)
       remat=False,  # recompute each residual / attention block's activations in the backward pass
+      # Who runs the convolutions: xla | onednn (CPU; build: python -m cfg.cli.build_onednn_conv) | auto, oneDNN
+      # on a single CPU device where it is built, else XLA. Same parameters and sums either way.
+      conv_impl='auto',
   ))
 
 

@@ -100,7 +100,7 @@ def swapped_kernel_grad(x, g, padding, kernel_shape):
 
 
 def compiled_steps(batch_size):
-  train_step, state, batch = interleaved.default_train_step(batch_size)
+  train_step, state, batch = interleaved.default_train_step(batch_size, conv_impl='xla')  # lax's convolutions
   programs = {}
   try:
     for mode in MODES:

@@ -7,11 +7,12 @@ python experiments/bench_conv_layers.py [--torch_python=../torchvenv/bin/python]
 The layer shapes are read from the jaxpr of the default config's forward pass at batch 64 (the train
 step's batch). Every shape is timed alone (best of 3 rounds of `--steps` calls), with the project's
 compile options: `fwd` the convolution, `dx` its input gradient, `dk` its kernel gradient as autodiff
-writes it, and, where the layer has fewer output than input channels, `dk swapped`: the same sums with
-the cotangent as input and x as kernel (`ablate_conv_grads.swapped_kernel_grad`), with its largest
-difference from `dk` relative to dk's largest entry. The peer (`--torch_python`, a venv with torch)
-times `torch.nn.Conv2d` of the same shape in NCHW: `fwd` under no_grad and `bwd` as one backward pass
-(both gradients and the bias's). Totals weigh each shape by how often the U-Net uses it.
+writes it, the same three by oneDNN (`onednn_*`, cfg/models/onednn_conv.py, where it is built), and,
+where the layer has fewer output than input channels, `dk swapped`: the same sums with the cotangent
+as input and x as kernel (`ablate_conv_grads.swapped_kernel_grad`), with its largest difference from
+`dk` relative to dk's largest entry. The peer (`--torch_python`, a venv with torch) times
+`torch.nn.Conv2d` of the same shape in NCHW: `fwd` under no_grad and `bwd` as one backward pass (both
+gradients and the bias's). Totals weigh each shape by how often the U-Net uses it.
 
 Read it with care: a layer alone is not a layer in the train step (experiments/throughput.md, section
 5: the swapped kernel gradient is faster alone and slower in the step).
@@ -33,6 +34,7 @@ import jax.numpy as jnp  # noqa: E402
 from jax import lax  # noqa: E402
 
 from cfg import build, parallel  # noqa: E402
+from cfg.models import onednn_conv  # noqa: E402
 from configs import fashion_mnist  # noqa: E402
 
 import ablate_conv_grads  # noqa: E402  (beside this script)
@@ -69,6 +71,7 @@ print(json.dumps(dict(torch=torch.__version__, threads=torch.get_num_threads(), 
 def unet_convolutions():
   """{(H, I, O, K): count} of the default U-Net's convolutions at batch 64 (all stride 1, 'SAME')."""
   config = fashion_mnist.get_config()
+  config.model.conv_impl = 'xla'  # lax.conv_general_dilated in the jaxpr
   model = build.model_from_config(config)
   args = (jnp.zeros((BATCH, 28, 28, 1)), jnp.zeros((BATCH,)), jnp.zeros((BATCH,), jnp.int32))
   params = jax.eval_shape(lambda: model.init(jax.random.key(0), *args))
@@ -115,6 +118,20 @@ def time_layer(height, cin, cout, k, steps):
                             (x, kernel, g), steps)[0]}
   row['dk'], dk = best_seconds(lambda x, kernel, g: jax.vjp(lambda w: conv(x, w), kernel)[1](g)[0],
                                (x, kernel, g), steps)
+  if onednn_conv.unavailable_reason() is None:
+    conv = lambda x, kernel: onednn_conv.conv_general_dilated(x, kernel, (1, 1), 'SAME',
+                                                             dimension_numbers=ablate_conv_grads.NHWC)
+    row['onednn_fwd'], y = best_seconds(conv, (x, kernel), steps)
+    row['onednn_dx'], dx = best_seconds(lambda x, kernel, g: jax.vjp(lambda a: conv(a, kernel), x)[1](g)[0],
+                                        (x, kernel, g), steps)
+    row['onednn_dk'], dk_onednn = best_seconds(
+        lambda x, kernel, g: jax.vjp(lambda w: conv(x, w), kernel)[1](g)[0], (x, kernel, g), steps)
+    plain_y = best_seconds(lambda x, kernel: lax.conv_general_dilated(
+        x, kernel, (1, 1), 'SAME', dimension_numbers=ablate_conv_grads.NHWC), (x, kernel), 1)[1]
+    plain_dx = jax.vjp(lambda a: lax.conv_general_dilated(a, kernel, (1, 1), 'SAME',
+                                                          dimension_numbers=ablate_conv_grads.NHWC), x)[1](g)[0]
+    row['onednn_rel_diff'] = max(float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
+                                 for a, b in ((y, plain_y), (dx, plain_dx), (dk_onednn, dk)))
   if cout < cin:
     row['dk_swapped'], swapped = best_seconds(
         lambda x, g: ablate_conv_grads.swapped_kernel_grad(x, g, 'SAME', kernel.shape), (x, g), steps)
@@ -147,7 +164,8 @@ def main():
       os.killpg(args.pause_group, signal.SIGCONT)
 
   ms = lambda s: f'{1e3 * s:.2f}' if s is not None else ''
-  columns = ['fwd', 'dx', 'dk', 'dk_swapped'] + (['peer_fwd', 'peer_bwd'] if peer else [])
+  onednn = [name for name in ('onednn_fwd', 'onednn_dx', 'onednn_dk') if name in next(iter(rows.values()))]
+  columns = ['fwd', 'dx', 'dk', 'dk_swapped'] + onednn + (['peer_fwd', 'peer_bwd'] if peer else [])
   print(f'each convolution alone, batch {BATCH}, ms (best of 3 rounds of {args.steps}); jax {jax.__version__}'
         + (f', torch {peer["torch"]} ({peer["threads"]} threads)' if peer else ''))
   print('| H×W | in → out | k | uses | ' + ' | '.join(columns) + ' | dk / dk swapped | rel. diff |')
@@ -164,6 +182,10 @@ def main():
   print(f'| total | | | {sum(layers.values())} | ' + ' | '.join(ms(totals[name]) for name in columns)
         + ' | | |')
   print('(total dk_swapped: the swapped form where it applies, autodiff\'s elsewhere)')
+  if onednn:
+    print(f'XLA fwd + dx + dk {1e3 * (totals["fwd"] + totals["dx"] + totals["dk"]):.1f} ms, oneDNN '
+          f'{1e3 * sum(totals[name] for name in onednn):.1f} ms; largest difference from XLA\'s, relative to its '
+          f'largest entry: {max(row["onednn_rel_diff"] for row in rows.values()):.1e}')
   if peer:
     ours = totals['fwd'] + totals['dx'] + totals['dk']
     print(f'project fwd + dx + dk {1e3 * ours:.1f} ms, peer fwd + bwd '

@@ -12,7 +12,8 @@ round in a worker process that waits while JAX runs, so the two never compete fo
 Times are the minimum over rounds (the least disturbed), ratios are project ÷ peer throughput. The
 project runs as it is and as it was before each change that mattered (`SIDES`: XLA's default CPU
 options; flax's threefry dropout mask; flax's GroupNorm under autodiff; YNNPACK for dots only, before its
-reductions were added), interleaved in the same rounds; `--side` (repeated) keeps only some of them.
+reductions were added; XLA's own convolutions, before oneDNN's), interleaved in the same rounds;
+`--side` (repeated) keeps only some of them.
 `--jax_python` adds the project's own programs run by another interpreter (a venv with another
 jax/jaxlib, e.g. a newer one on a newer Python) as one more side, in a worker process like the peer's.
 
@@ -107,36 +108,39 @@ YNNPACK_DOTS_ONLY = {'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYP
 # A candidate: oneDNN instead of YNNPACK for the dots (any oneDNN fusion type with xla_cpu_use_onednn).
 ONEDNN_DOTS = {'xla_cpu_experimental_onednn_fusion_type': 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT',
                'xla_cpu_use_onednn': True}
-SIDES = {
-    'XLA defaults, threefry dropout, autodiff GroupNorm': ({}, BEFORE_FUSED_NORM),
+SIDES = {  # side: (XLA options, layers.* swaps, config.model.conv_impl)
+    'XLA defaults, threefry dropout, autodiff GroupNorm': ({}, BEFORE_FUSED_NORM, 'xla'),
     'YNNPACK dots only, autodiff GroupNorm': (YNNPACK_DOTS_ONLY,
-                                              {'group_norm_modulated': autodiff_group_norm_modulated}),
-    'YNNPACK dots only': (YNNPACK_DOTS_ONLY, {}),
-    'project': (parallel.compiler_options(), {}),
-    'oneDNN dots': ({**parallel.compiler_options(), **ONEDNN_DOTS}, {}),
+                                              {'group_norm_modulated': autodiff_group_norm_modulated}, 'xla'),
+    'YNNPACK dots only': (YNNPACK_DOTS_ONLY, {}, 'xla'),
+    'oneDNN dots': ({**parallel.compiler_options(), **ONEDNN_DOTS}, {}, 'xla'),
+    'XLA convolutions': (parallel.compiler_options(), {}, 'xla'),
+    'project': (parallel.compiler_options(), {}, 'auto'),
 }
 
 
-def project_programs(options, swaps=None):
+def project_programs(options, swaps=None, conv_impl='auto'):
   """{name: zero-argument callable that runs one program to completion}, and FLOPs per image.
 
   `options`: XLA compiler options for all three programs (parallel.compiler_options() or {});
   `swaps`: {name: function} in cfg.models.layers to use instead while the programs are traced (the
-  dropout mask, the norm), e.g. `BEFORE_FUSED_NORM`.
+  dropout mask, the norm), e.g. `BEFORE_FUSED_NORM`; `conv_impl`: config.model.conv_impl ('xla': XLA's own
+  convolutions, as before the oneDNN ones).
   """
   swaps = swaps or {}
   project = {name: getattr(layers, name) for name in swaps}
   for name, function in swaps.items():
     setattr(layers, name, function)
   try:
-    return _project_programs(options)
+    return _project_programs(options, conv_impl)
   finally:
     for name, function in project.items():
       setattr(layers, name, function)
 
 
-def _project_programs(options):
+def _project_programs(options, conv_impl):
   config = fashion_mnist.get_config()
+  config.model.conv_impl = conv_impl
   model = build.model_from_config(config)
   optimizer = build.optimizer_from_config(config.optim)
   state = jax.jit(lambda: train_state.init_state(config, model, optimizer))()
@@ -152,7 +156,9 @@ def _project_programs(options):
   guided = jax.jit(lambda p, z, l, y: guidance.guided_eps(
       lambda *a: model.apply(p, *a), z, l, y, guidance_weight=1.0, null_label=10))
   params = jax.tree.map(jnp.copy, state.params)  # the train step donates `state`
-  flops = forward.lower(params, z[:1], logsnr[:1], labels[:1]).cost_analysis()['flops']
+  config.model.conv_impl = 'xla'  # XLA's cost analysis counts no FLOPs in oneDNN's custom calls
+  flops = jax.jit(build.model_from_config(config).apply).lower(
+      params, z[:1], logsnr[:1], labels[:1]).cost_analysis()['flops']
   step = step.lower(state, batch).compile(options)
   forward = forward.lower(params, z, logsnr, labels).compile(options)
   guided = guided.lower(params, z, logsnr, labels).compile(options)
@@ -169,7 +175,7 @@ def _project_programs(options):
     run()
   count = sum(x.size for x in jax.tree.leaves(params))
   return programs, dict(params=count, flops_per_image=flops, jax=jax.__version__, jaxlib=jax.lib.__version__,
-                        python=platform.python_version())
+                        python=platform.python_version(), convolutions=model.conv_impl)
 
 
 def serve(programs, info):
@@ -255,7 +261,7 @@ def main():
 
   best = {side: {k: min(v) for k, v in t.items()} for side, t in times.items()}
   print(f'project: jax {info["jax"]}, {info["params"]:,} parameters, '
-        f'{info["flops_per_image"] / 1e6:.0f} MFLOP/image forward (XLA)')
+        f'{info["flops_per_image"] / 1e6:.0f} MFLOP/image forward (XLA), convolutions by {info["convolutions"]}')
   print(f'peer:    torch {peer_info["torch"]} ({peer_info["threads"]} threads), diffusers UNet2DModel, '
         f'{peer_info["params"]:,} parameters, {peer_info["flops_per_image"] / 1e6:.0f} MFLOP/image '
         f'forward (FlopCounterMode)')

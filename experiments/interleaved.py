@@ -16,11 +16,13 @@ from cfg.evaluation import provenance
 from configs import fashion_mnist
 
 
-def default_train_step(batch_size):
+def default_train_step(batch_size, conv_impl='auto'):
   """(step, state, batch): `configs/fashion_mnist.py`'s train step as a plain function of (state, batch),
   an initialised state and a batch of `batch_size` normal images with labels 0–9. Wrap `step` in a new
-  lambda before each jax.jit that must trace it afresh (jit caches traces per function object)."""
+  lambda before each jax.jit that must trace it afresh (jit caches traces per function object).
+  `conv_impl`: config.model.conv_impl ('xla' where a script replaces lax.conv_general_dilated)."""
   config = fashion_mnist.get_config()
+  config.model.conv_impl = conv_impl
   model = build.model_from_config(config)
   optimizer = build.optimizer_from_config(config.optim)
   state = jax.jit(lambda: train_state.init_state(config, model, optimizer))()

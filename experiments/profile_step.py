@@ -40,9 +40,11 @@ import ablate_conv_grads  # noqa: E402  (beside this script)
 import interleaved  # noqa: E402
 
 
-def compiled_program(name, options):
-  """(compiled, args) for the train step (batch 64) or the forward pass (batch 128)."""
+def compiled_program(name, options, conv_impl='auto'):
+  """(compiled, args) for the train step (batch 64) or the forward pass (batch 128); `conv_impl`:
+  config.model.conv_impl."""
   config = fashion_mnist.get_config()
+  config.model.conv_impl = conv_impl
   model = build.model_from_config(config)
   optimizer = build.optimizer_from_config(config.optim)
   state = jax.jit(lambda: train_state.init_state(config, model, optimizer))()
@@ -115,6 +117,8 @@ def main():
                       help='every convolution replaced by ablate_conv_grads.cheap_conv while tracing')
   parser.add_argument('--match', default='',
                       help='also sum the thunks whose op_name matches this regular expression')
+  parser.add_argument('--conv_impl', default='auto', choices=('auto', 'xla', 'onednn'),
+                      help='config.model.conv_impl (--no_conv: xla)')
   parser.add_argument('--json', default='', help='also write the sums and provenance here')
   parser.add_argument('--runs', type=int, default=3)
   parser.add_argument('--top', type=int, default=10, help='also list the N slowest thunks')
@@ -125,11 +129,11 @@ def main():
   if args.no_conv:
     plain, jax.lax.conv_general_dilated = jax.lax.conv_general_dilated, ablate_conv_grads.cheap_conv
     try:
-      compiled, inputs = compiled_program(args.program, options)
+      compiled, inputs = compiled_program(args.program, options, conv_impl='xla')  # lax's, replaced
     finally:
       jax.lax.conv_general_dilated = plain
   else:
-    compiled, inputs = compiled_program(args.program, options)
+    compiled, inputs = compiled_program(args.program, options, args.conv_impl)
   jax.block_until_ready(compiled(*inputs))
   start = time.perf_counter()
   for _ in range(args.runs):

@@ -16,6 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cfg.models import onednn_conv
+
 TORCH_DEFAULT_INIT = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
 TIMESTEP_SCALE = 1000.0
 GROUP_NORM_EPS = 1e-5
@@ -158,12 +160,16 @@ class GroupNorm32(nn.Module):
     return group_norm_modulated(x.astype(jnp.float32), gamma, beta, scale, shift, self.num_groups, silu)
 
 
-def conv(features, kernel_size, *, dtype, zero_init=False, strides=1, name=None):
-  """A 'SAME'-padded 2-D convolution with PyTorch-default (or zero) weight init."""
+CONV_IMPLS = {'xla': jax.lax.conv_general_dilated, 'onednn': onednn_conv.conv_general_dilated}
+
+
+def conv(features, kernel_size, *, dtype, zero_init=False, strides=1, impl='xla', name=None):
+  """A 'SAME'-padded 2-D convolution with PyTorch-default (or zero) weight init, run by XLA or (impl='onednn',
+  on the CPU) oneDNN: the same parameters either way."""
   return nn.Conv(features, (kernel_size, kernel_size), strides=(strides, strides), padding='SAME',
                  dtype=dtype, param_dtype=jnp.float32,
                  kernel_init=nn.initializers.zeros if zero_init else TORCH_DEFAULT_INIT,
-                 name=name)
+                 conv_general_dilated=CONV_IMPLS[impl], name=name)
 
 
 def dense(features, *, dtype, zero_init=False, name=None):
@@ -220,13 +226,14 @@ class ResBlock(nn.Module):
   (scale, shift) = Dense(SiLU(emb)) is ADM's scale-shift norm (AdaGN). `resample` = 'up' or
   'down' makes it BigGAN's resampling block: both paths are resampled after the first
   norm/SiLU (nearest ×2 or 2×2 average). The last conv starts at zero, so the block starts
-  as its skip path; the skip is a 1×1 conv when the width changes.
+  as its skip path; the skip is a 1×1 conv when the width changes. `conv_impl`: 'xla' or 'onednn' (`conv`).
   """
   out_channels: int
   dropout: float = 0.0
   resample: str | None = None
   norm_groups: int = 32
   dtype: jnp.dtype = jnp.float32
+  conv_impl: str = 'xla'
 
   @nn.compact
   def __call__(self, x, emb, *, train):
@@ -234,14 +241,14 @@ class ResBlock(nn.Module):
     resample = resamplers[self.resample]
     h = GroupNorm32(self.norm_groups, name='norm_in')(x, silu=True).astype(self.dtype)
     h, x = resample(h), resample(x)
-    h = conv(self.out_channels, 3, dtype=self.dtype, name='conv_in')(h)
+    h = conv(self.out_channels, 3, dtype=self.dtype, impl=self.conv_impl, name='conv_in')(h)
     emb_out = dense(2 * self.out_channels, dtype=self.dtype, name='emb')(nn.silu(emb))
     scale, shift = jnp.split(emb_out.astype(jnp.float32), 2, axis=-1)
     h = GroupNorm32(self.norm_groups, name='norm_out')(h, scale=scale, shift=shift, silu=True)
     h = Dropout(self.dropout)(h.astype(self.dtype), deterministic=not train)
-    h = conv(self.out_channels, 3, dtype=self.dtype, zero_init=True, name='conv_out')(h)
+    h = conv(self.out_channels, 3, dtype=self.dtype, zero_init=True, impl=self.conv_impl, name='conv_out')(h)
     if x.shape[-1] != self.out_channels:
-      x = conv(self.out_channels, 1, dtype=self.dtype, name='skip')(x)
+      x = conv(self.out_channels, 1, dtype=self.dtype, impl=self.conv_impl, name='skip')(x)
     return x.astype(self.dtype) + h
 
 

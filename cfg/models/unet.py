@@ -50,6 +50,8 @@ class UNet(nn.Module):
     dtype: compute dtype (e.g. jnp.bfloat16); parameters stay float32, ε̂ is float32.
     remat: recompute each residual and attention block's activations in the backward pass (nn.remat),
       trading compute for the memory of the saved activations; the same parameters and gradients.
+    conv_impl: 'xla', or 'onednn' for oneDNN's convolutions on the CPU (cfg/models/onednn_conv.py); the same
+      parameters either way.
   """
   base_channels: int
   channel_mult: Sequence[int]
@@ -64,6 +66,7 @@ class UNet(nn.Module):
   norm_groups: int = 32
   dtype: jnp.dtype = jnp.float32
   remat: bool = False
+  conv_impl: str = 'xla'
 
   def check_inputs(self, z, logsnr, labels):
     """Raises ValueError for inputs the network cannot take."""
@@ -103,7 +106,7 @@ class UNet(nn.Module):
 
   def res_block(self, out_channels, name, resample=None):
     kwargs = dict(dropout=self.dropout, resample=resample, norm_groups=self.norm_groups, dtype=self.dtype,
-                  name=name)
+                  conv_impl=self.conv_impl, name=name)
     if not self.remat:
       return ResBlock(out_channels, **kwargs)
     block = nn.remat(_PositionalTrainResBlock, static_argnums=(3,))(out_channels, **kwargs)
@@ -120,8 +123,8 @@ class UNet(nn.Module):
     if self.resblock_updown:
       return self.res_block(channels, name, resample=direction)(h, emb, train=train)
     if direction == 'down':
-      return conv(channels, 3, strides=2, dtype=self.dtype, name=name)(h)
-    return conv(channels, 3, dtype=self.dtype, name=name)(upsample_nearest(h))
+      return conv(channels, 3, strides=2, dtype=self.dtype, impl=self.conv_impl, name=name)(h)
+    return conv(channels, 3, dtype=self.dtype, impl=self.conv_impl, name=name)(upsample_nearest(h))
 
   @nn.compact
   def __call__(self, z, logsnr, labels, *, train=False):
@@ -133,7 +136,7 @@ class UNet(nn.Module):
     self.check_inputs(z, logsnr, labels)
     emb = self.embed(logsnr, labels)
 
-    h = conv(self.base_channels * self.channel_mult[0], 3, dtype=self.dtype,
+    h = conv(self.base_channels * self.channel_mult[0], 3, dtype=self.dtype, impl=self.conv_impl,
              name='conv_in')(z.astype(self.dtype))
     skips = [h]
     for level, mult in enumerate(self.channel_mult):
@@ -164,7 +167,7 @@ class UNet(nn.Module):
     # ADM runs the output head in float32 even under fp16.
     h = GroupNorm32(self.norm_groups, name='norm_out')(h, silu=True)
     out_channels = self.out_channels or z.shape[-1]
-    eps = conv(out_channels, 3, dtype=jnp.float32, zero_init=True, name='conv_out')(h)
+    eps = conv(out_channels, 3, dtype=jnp.float32, zero_init=True, impl=self.conv_impl, name='conv_out')(h)
     return eps.astype(jnp.float32)
 
 

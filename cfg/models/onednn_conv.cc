@@ -1,0 +1,188 @@
+// oneDNN convolutions for XLA:CPU, as XLA FFI handlers: forward, input gradient and kernel gradient of a
+// stride-1 float32 convolution with NHWC activations and HWIO kernels, zero padding (pt, pb, pl, pr).
+// Built and loaded by cfg/models/onednn_conv.py; XLA's own CPU convolutions (Eigen) are 1.3-3x slower
+// at the U-Net's small channel counts (experiments/throughput.md, section 8).
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+enum Kind { kForward = 0, kInputGradient = 1, kKernelGradient = 2 };
+
+struct Shape {  // one convolution: x [B, H, W, I], k [KH, KW, I, O], y [B, Ho, Wo, O]
+  int64_t b, h, w, i, o, kh, kw, ho, wo, pt, pb, pl, pr;
+  auto Tie() const { return std::tie(b, h, w, i, o, kh, kw, ho, wo, pt, pb, pl, pr); }
+  bool operator<(const Shape& other) const { return Tie() < other.Tie(); }
+};
+
+struct Primitive {
+  dnnl::primitive primitive;
+  dnnl::memory::desc x, y, kernel, hwio;  // kernel: the layout the primitive wants; hwio: the caller's
+  size_t scratchpad_bytes;
+  std::string implementation;
+};
+
+dnnl::engine& Engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+template <typename Kernel>
+void Fill(Primitive* p, const typename Kernel::primitive_desc& pd, const dnnl::memory::desc& kernel) {
+  p->primitive = Kernel(pd);
+  p->kernel = kernel;
+  p->scratchpad_bytes = pd.scratchpad_desc().get_size();
+  p->implementation = pd.impl_info_str();
+}
+
+// Primitives are created once per (kind, shape) and shared: executing one is thread-safe with a
+// scratchpad per call (scratchpad_mode::user).
+std::shared_ptr<const Primitive> Get(Kind kind, const Shape& s) {
+  static std::mutex mutex;
+  static std::map<std::pair<int, Shape>, std::shared_ptr<const Primitive>> cache;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto found = cache.find({kind, s});
+  if (found != cache.end()) return found->second;
+  using tag = dnnl::memory::format_tag;
+  using dt = dnnl::memory::data_type;
+  auto p = std::make_shared<Primitive>();
+  p->x = dnnl::memory::desc({s.b, s.i, s.h, s.w}, dt::f32, tag::nhwc);
+  p->y = dnnl::memory::desc({s.b, s.o, s.ho, s.wo}, dt::f32, tag::nhwc);
+  p->hwio = dnnl::memory::desc({s.o, s.i, s.kh, s.kw}, dt::f32, tag::hwio);
+  dnnl::memory::desc any_kernel({s.o, s.i, s.kh, s.kw}, dt::f32, tag::any);
+  dnnl::memory::dims strides{1, 1}, low{s.pt, s.pl}, high{s.pb, s.pr};
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  dnnl::convolution_forward::primitive_desc forward(
+      dnnl::convolution_forward::desc(dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
+                                      p->x, any_kernel, p->y, strides, low, high),
+      attr, Engine());
+  if (kind == kForward) {
+    Fill<dnnl::convolution_forward>(p.get(), forward, forward.weights_desc());
+  } else if (kind == kInputGradient) {
+    dnnl::convolution_backward_data::primitive_desc pd(
+        dnnl::convolution_backward_data::desc(dnnl::algorithm::convolution_direct, p->x, any_kernel, p->y,
+                                              strides, low, high),
+        attr, Engine(), forward);
+    Fill<dnnl::convolution_backward_data>(p.get(), pd, pd.weights_desc());
+  } else {
+    dnnl::convolution_backward_weights::primitive_desc pd(
+        dnnl::convolution_backward_weights::desc(dnnl::algorithm::convolution_direct, p->x, any_kernel, p->y,
+                                                 strides, low, high),
+        attr, Engine(), forward);
+    Fill<dnnl::convolution_backward_weights>(p.get(), pd, pd.diff_weights_desc());
+  }
+  cache[{kind, s}] = p;
+  return p;
+}
+
+ffi::Error Run(Kind kind, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b, ffi::Result<ffi::Buffer<ffi::F32>> out,
+               int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
+  // kForward: a = x, b = k, out = y.  kInputGradient: a = dy, b = k, out = dx.  kKernelGradient: a = x, b = dy,
+  // out = dk.
+  auto ad = a.dimensions(), bd = b.dimensions(), od = out->dimensions();
+  if (ad.size() != 4 || bd.size() != 4 || od.size() != 4) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "oneDNN convolution: operands must be 4-D");
+  }
+  Shape s;
+  s.pt = pt; s.pb = pb; s.pl = pl; s.pr = pr;
+  if (kind == kForward) {
+    s.b = ad[0]; s.h = ad[1]; s.w = ad[2]; s.i = ad[3]; s.kh = bd[0]; s.kw = bd[1]; s.o = bd[3];
+    s.ho = od[1]; s.wo = od[2];
+  } else if (kind == kInputGradient) {
+    s.b = ad[0]; s.ho = ad[1]; s.wo = ad[2]; s.o = ad[3]; s.kh = bd[0]; s.kw = bd[1]; s.i = bd[2];
+    s.h = od[1]; s.w = od[2];
+  } else {
+    s.b = ad[0]; s.h = ad[1]; s.w = ad[2]; s.i = ad[3]; s.ho = bd[1]; s.wo = bd[2]; s.o = bd[3];
+    s.kh = od[0]; s.kw = od[1];
+  }
+  try {
+    auto p = Get(kind, s);
+    auto& engine = Engine();
+    dnnl::stream stream(engine);
+    float* hwio_data = kind == kKernelGradient ? out->typed_data() : const_cast<float*>(b.typed_data());
+    dnnl::memory hwio(p->hwio, engine, hwio_data);
+    dnnl::memory kernel = p->kernel == p->hwio ? hwio : dnnl::memory(p->kernel, engine);
+    if (kind != kKernelGradient && p->kernel != p->hwio) dnnl::reorder(hwio, kernel).execute(stream, hwio, kernel);
+    thread_local std::vector<char> scratch;
+    if (scratch.size() < p->scratchpad_bytes) scratch.resize(p->scratchpad_bytes);
+    dnnl::memory scratchpad(dnnl::memory::desc({static_cast<int64_t>(p->scratchpad_bytes)},
+                                               dnnl::memory::data_type::u8, dnnl::memory::format_tag::a),
+                            engine, scratch.data());
+    float* a_data = const_cast<float*>(a.typed_data());
+    if (kind == kForward) {
+      dnnl::memory x(p->x, engine, a_data), y(p->y, engine, out->typed_data());
+      p->primitive.execute(stream, {{DNNL_ARG_SRC, x}, {DNNL_ARG_WEIGHTS, kernel}, {DNNL_ARG_DST, y},
+                                    {DNNL_ARG_SCRATCHPAD, scratchpad}});
+    } else if (kind == kInputGradient) {
+      dnnl::memory dy(p->y, engine, a_data), dx(p->x, engine, out->typed_data());
+      p->primitive.execute(stream, {{DNNL_ARG_DIFF_DST, dy}, {DNNL_ARG_WEIGHTS, kernel}, {DNNL_ARG_DIFF_SRC, dx},
+                                    {DNNL_ARG_SCRATCHPAD, scratchpad}});
+    } else {
+      dnnl::memory x(p->x, engine, a_data), dy(p->y, engine, const_cast<float*>(b.typed_data()));
+      p->primitive.execute(stream, {{DNNL_ARG_SRC, x}, {DNNL_ARG_DIFF_DST, dy}, {DNNL_ARG_DIFF_WEIGHTS, kernel},
+                                    {DNNL_ARG_SCRATCHPAD, scratchpad}});
+      if (p->kernel != p->hwio) dnnl::reorder(kernel, hwio).execute(stream, kernel, hwio);
+    }
+    stream.wait();
+  } catch (const dnnl::error& e) {
+    return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN convolution: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> k, ffi::Result<ffi::Buffer<ffi::F32>> y,
+                   int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
+  return Run(kForward, x, k, y, pt, pb, pl, pr);
+}
+ffi::Error InputGradient(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> k, ffi::Result<ffi::Buffer<ffi::F32>> dx,
+                         int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
+  return Run(kInputGradient, dy, k, dx, pt, pb, pl, pr);
+}
+ffi::Error KernelGradient(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ffi::Result<ffi::Buffer<ffi::F32>> dk,
+                          int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
+  return Run(kKernelGradient, x, dy, dk, pt, pb, pl, pr);
+}
+
+}  // namespace
+
+#define CFG_CONV_BINDING                                                                            \
+  ffi::Ffi::Bind()                                                                                  \
+      .Arg<ffi::Buffer<ffi::F32>>()                                                                 \
+      .Arg<ffi::Buffer<ffi::F32>>()                                                                 \
+      .Ret<ffi::Buffer<ffi::F32>>()                                                                 \
+      .Attr<int64_t>("pt")                                                                          \
+      .Attr<int64_t>("pb")                                                                          \
+      .Attr<int64_t>("pl")                                                                          \
+      .Attr<int64_t>("pr")
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CfgOnednnConvForward, Forward, CFG_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CfgOnednnConvInputGradient, InputGradient, CFG_CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CfgOnednnConvKernelGradient, KernelGradient, CFG_CONV_BINDING);
+
+// The sha256 of the source this library was built from (-DCFG_SOURCE_SHA256), so a stale build is noticed.
+extern "C" const char* CfgOnednnConvSourceSha256() { return CFG_SOURCE_SHA256; }
+
+// oneDNN's name for the kernel it picked, e.g. "brgconv:avx512_core" (for benchmarks and bug reports).
+extern "C" const char* CfgOnednnConvImplementation(int kind, int64_t b, int64_t h, int64_t w, int64_t i,
+                                                   int64_t o, int64_t kh, int64_t kw, int64_t pt, int64_t pb,
+                                                   int64_t pl, int64_t pr) {
+  thread_local std::string name;
+  Shape s{b, h, w, i, o, kh, kw, h + pt + pb - kh + 1, w + pl + pr - kw + 1, pt, pb, pl, pr};
+  try {
+    name = Get(static_cast<Kind>(kind), s)->implementation;
+  } catch (const dnnl::error& e) {
+    name = std::string("error: ") + e.what();
+  }
+  return name.c_str();
+}
