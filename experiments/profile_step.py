@@ -91,6 +91,9 @@ def kind_of(name, instructions, computations):
   if name not in instructions:
     return None
   shape, opcode, line = instructions[name]
+  if opcode == 'custom-call':  # the oneDNN convolutions (conv_impl=onednn): named by their target
+    target = re.search(r'custom_call_target="([^"]+)"', line)
+    return f'custom-call: {target.group(1)}' if target else opcode
   body = line
   if opcode == 'fusion':
     called = re.search(r'calls=%?([\w.\-]+)', line)
