@@ -1,7 +1,7 @@
 """The default U-Net against diffusers' UNet2DModel of the same shape, measured side by side.
 
 python experiments/bench_peer.py --torch_python=/path/to/torch-venv/bin/python [--repeats 5]
-    [--side=project] [--jax_python=/path/to/other-jax-venv/bin/python]
+    [--side=project] [--jax_python=/path/to/other-jax-venv/bin/python] [--checkout=/path/to/other/checkout]
 
 Set up the peer once, in its own venv (the project and its tests never import torch):
 
@@ -16,6 +16,9 @@ reductions were added; XLA's own convolutions, before oneDNN's), interleaved in 
 `--side` (repeated) keeps only some of them.
 `--jax_python` adds the project's own programs run by another interpreter (a venv with another
 jax/jaxlib, e.g. a newer one on a newer Python) as one more side, in a worker process like the peer's.
+`--checkout` does the same for another checkout of the project (e.g. `git worktree add ../before <commit>`, with
+its oneDNN library built there): its own bench_peer.py and cfg run as one more side, so a change that cannot be
+swapped in (compiled code) is measured against the commit before it in the same rounds.
 
 - train step: batch 64, forward + backward + Adam (the project's full step: Algorithm 1's loss,
   clipping, EMA; the peer's: ε-MSE, Adam);
@@ -216,6 +219,9 @@ def main():
   parser.add_argument('--jax_python', default=None,
                       help='python of a venv with another jax/jaxlib and this project installed: its '
                            '`project` programs run as one more side')
+  parser.add_argument('--checkout', default=None,
+                      help='another checkout of this project (e.g. a git worktree of an earlier commit): its '
+                           '`project` programs run as one more side, by --jax_python or this interpreter')
   parser.add_argument('--pause_group', type=int, default=0,
                       help='a process group (e.g. a background evaluation) to SIGSTOP while the rounds are '
                            'timed and SIGCONT after; compiling runs beside it')
@@ -231,9 +237,20 @@ def main():
     parser.error(f'--side {chosen}: each must be one of SIDES ({"; ".join(SIDES)}), and project among them')
   started = time.time()
   workers = {}  # side: Worker, the other interpreter's project first, the peer last
-  if args.jax_python:
-    worker = Worker([args.jax_python, os.path.abspath(__file__), '--worker'])
-    workers[f'project, jax {worker.info["jax"]}'] = worker
+  if args.jax_python or args.checkout:
+    script = os.path.abspath(__file__)
+    if args.checkout:
+      script = os.path.join(os.path.abspath(args.checkout), 'experiments', 'bench_peer.py')
+      if not os.path.isfile(script):
+        parser.error(f'--checkout {args.checkout}: no experiments/bench_peer.py there; give the root of a '
+                     f'checkout of this project')
+    worker = Worker([args.jax_python or sys.executable, script, '--worker'])
+    if args.checkout:
+      commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=args.checkout, capture_output=True,
+                              text=True).stdout.strip()
+      workers[f'project at {commit or args.checkout}'] = worker
+    else:
+      workers[f'project, jax {worker.info["jax"]}'] = worker
   other_jax = next(iter(workers), None)
   workers['peer'] = Worker([args.torch_python, '-c', _PEER])
   peer_info = workers['peer'].info
@@ -267,7 +284,7 @@ def main():
         f'forward (FlopCounterMode)')
   print(f'{args.repeats} alternating rounds, best of each; ratio = project / peer throughput\n')
   if other_jax:
-    print(f'{other_jax}: {args.jax_python}, {workers[other_jax].info["params"]:,} parameters, '
+    print(f'{other_jax}: {args.checkout or args.jax_python}, {workers[other_jax].info["params"]:,} parameters, '
           f'{workers[other_jax].info["flops_per_image"] / 1e6:.0f} MFLOP/image forward (XLA)')
   before = [side for side in sides if side != 'project'] + ([other_jax] if other_jax else [])
   print('| | ' + ' | '.join(before) + ' | project | peer | ' + ' | '.join(f'ratio, {side}' for side in before)
@@ -284,12 +301,14 @@ def main():
     print(f'guided / unguided step, {side}: {best[side]["guided"] / best[side]["forward"]:.3f}')
   if args.json:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    git = lambda *a: subprocess.run(['git', *a], cwd=root, capture_output=True, text=True).stdout.strip()
+    git = lambda *a, cwd=root: subprocess.run(['git', *a], cwd=cwd, capture_output=True, text=True).stdout.strip()
     provenance = dict(command=' '.join(sys.argv), commit=git('rev-parse', 'HEAD'),
                       dirty=bool(git('status', '--porcelain', '--untracked-files=no')),
                       machine=f'{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}',
                       load_average=os.getloadavg(), wall_seconds=time.time() - started,
                       compiler_options=parallel.compiler_options(),
+                      checkout=args.checkout and dict(path=os.path.abspath(args.checkout),
+                                                      commit=git('rev-parse', 'HEAD', cwd=args.checkout)),
                       date=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()))
     with open(args.json, 'w') as f:
       json.dump(dict(provenance=provenance, project=info, peer=peer_info,

@@ -98,6 +98,9 @@ def kind_of(name, instructions, computations):
   if opcode == 'fusion':
     called = re.search(r'calls=%?([\w.\-]+)', line)
     body = ' '.join(computations.get(called.group(1), [])) if called else ''
+  # Metadata names the jax op each instruction came from ("transpose(jvp(UNet))" for the whole backward
+  # pass): match the instructions only.
+  body = re.sub(r'metadata=\{[^}]*\}', '', body)
   for op in ('convolution', 'dot', 'reduce-window', 'reduce', 'transpose'):
     if re.search(r'\b' + op + r'\(', body) or opcode == op:
       if op != 'convolution':

@@ -92,10 +92,20 @@ def group_norm_modulated(x, gamma, beta, scale, shift, groups, silu):
   return _group_norm_modulated_fwd(x, gamma, beta, scale, shift, groups, silu)[0]
 
 
+def _sigmoid(u):
+  """σ(u) = ½·tanh(u/2) + ½, the same function as jax.nn.sigmoid: XLA:CPU evaluates tanh as a rational
+  polynomial, where sigmoid's 1 / (1 + exp(−u)) costs an exp and a divide (with the barrier in the
+  backward pass below, 1.07× on the default train step; experiments/throughput.md, section 9)."""
+  return 0.5 * jnp.tanh(0.5 * u) + 0.5
+
+
 def _group_norm_modulated_fwd(x, gamma, beta, scale, shift, groups, silu):
   a, b, mean, rstd = _norm_affine(x, gamma, beta, scale, groups)
-  u = _spatial(a) * x + _spatial(b + shift)
-  return (jax.nn.silu(u) if silu else u), (x, gamma, beta, scale, shift, a, b, mean, rstd)
+  # The barrier makes XLA compute the [B, C] coefficients once: without it the loop fusion of the
+  # elementwise pass evaluates their arithmetic, and the index maps of _per_channel, for every element.
+  a_map, b_map = jax.lax.optimization_barrier((a, b + shift))
+  u = _spatial(a_map) * x + _spatial(b_map)
+  return (u * _sigmoid(u) if silu else u), (x, gamma, beta, scale, shift, a, b, mean, rstd)
 
 
 def _group_norm_modulated_bwd(groups, silu, residuals, dy):
@@ -103,14 +113,19 @@ def _group_norm_modulated_bwd(groups, silu, residuals, dy):
   g = γ (1 + scale): ∂shift = A, ∂scale = γ r S + β A, ∂β = Σ_b (1 + scale) A, ∂γ = Σ_b (1 + scale) r S,
   ∂x = r g du − (r / N)(Σ_grp g A + x̂ Σ_grp g r S), x̂ = (x − μ) r, N = H·W·C/G."""
   x, gamma, beta, scale, shift, a, b, mean, rstd = residuals
+  # Without the barrier XLA merges the u and σ(u) recomputed here with the forward pass's (CSE), so the
+  # forward pass stores σ(u) in a pass of its own and reads it back for SiLU, dropout and this gradient.
+  x = jax.lax.optimization_barrier(x)
   batch, height, width, channels = x.shape
   count = height * width * (channels // groups)
+
+  a_map, b_map = jax.lax.optimization_barrier((a, b + shift))  # as in the forward pass
 
   def du():  # recomputed where it is used, so XLA fuses it into both passes instead of storing it
     if not silu:
       return dy
-    u = _spatial(a) * x + _spatial(b + shift)
-    sig = jax.nn.sigmoid(u)
+    u = _spatial(a_map) * x + _spatial(b_map)
+    sig = _sigmoid(u)
     return dy * (sig * (1.0 + u * (1.0 - sig)))
 
   mean_c, rstd_c = _per_channel(mean, channels), _per_channel(rstd, channels)
@@ -120,7 +135,8 @@ def _group_norm_modulated_bwd(groups, silu, residuals, dy):
   group_sum = lambda v: v.reshape(batch, groups, -1).sum(-1)
   coef_x = _per_channel(-(rstd ** 2 / count) * group_sum(gain * rstd_c * d_centred), channels)
   coef_0 = _per_channel(-(rstd / count) * group_sum(gain * d_sum), channels) - coef_x * mean_c
-  dx = _spatial(rstd_c * gain) * du() + _spatial(coef_x) * x + _spatial(coef_0)
+  c_du, c_x, c_0 = jax.lax.optimization_barrier((rstd_c * gain, coef_x, coef_0))  # as in the forward pass
+  dx = _spatial(c_du) * du() + _spatial(c_x) * x + _spatial(c_0)
   d_gamma = jnp.sum((1.0 + scale) * rstd_c * d_centred, axis=0)
   d_beta = jnp.sum((1.0 + scale) * d_sum, axis=0)
   d_scale = gamma * rstd_c * d_centred + beta * d_sum

@@ -2,13 +2,20 @@
 // stride-1 float32 convolution with NHWC activations and HWIO kernels, zero padding (pt, pb, pl, pr).
 // Built and loaded by cfg/models/onednn_conv.py; XLA's own CPU convolutions (Eigen) are 1.3-3x slower
 // at the U-Net's small channel counts (experiments/throughput.md, section 8).
+#include <algorithm>
+#include <atomic>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <stdexcept>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <vector>
+
+#include <omp.h>
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
@@ -86,8 +93,38 @@ std::shared_ptr<const Primitive> Get(Kind kind, const Shape& s) {
   return p;
 }
 
-ffi::Error Run(Kind kind, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b, ffi::Result<ffi::Buffer<ffi::F32>> out,
-               int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
+// Runs work(0), ..., work(n - 1) on the calling thread and XLA's intra-op thread pool. Chunks are claimed
+// from a counter, so the caller never waits for a task that has not started: a task that starts after every
+// chunk is claimed returns at once, and the caller only waits for chunks already running elsewhere.
+std::string ParallelFor(ffi::ThreadPool& pool, int n, const std::function<void(int)>& work) {
+  struct State {
+    std::atomic<int> next{0}, done{0};
+    const std::function<void(int)>* work;
+    std::mutex mutex;
+    std::string error;
+  };
+  auto state = std::make_shared<State>();
+  state->work = &work;
+  auto drain = [](State& s, int n) {
+    for (int c; (c = s.next.fetch_add(1)) < n;) {
+      try {
+        omp_set_num_threads(1);  // this thread's chunk runs on this thread alone: no OpenMP team
+        (*s.work)(c);
+      } catch (const std::exception& e) {
+        std::lock_guard<std::mutex> lock(s.mutex);
+        if (s.error.empty()) s.error = e.what();
+      }
+      s.done.fetch_add(1, std::memory_order_release);
+    }
+  };
+  for (int t = 1; t < n; ++t) pool.Schedule([state, n, drain] { drain(*state, n); });
+  drain(*state, n);
+  while (state->done.load(std::memory_order_acquire) < n) std::this_thread::yield();
+  return state->error;
+}
+
+ffi::Error Run(Kind kind, ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
+               ffi::Result<ffi::Buffer<ffi::F32>> out, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
   // kForward: a = x, b = k, out = y.  kInputGradient: a = dy, b = k, out = dx.  kKernelGradient: a = x, b = dy,
   // out = dk.
   auto ad = a.dimensions(), bd = b.dimensions(), od = out->dimensions();
@@ -106,58 +143,104 @@ ffi::Error Run(Kind kind, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b, ffi:
     s.b = ad[0]; s.h = ad[1]; s.w = ad[2]; s.i = ad[3]; s.ho = bd[1]; s.wo = bd[2]; s.o = bd[3];
     s.kh = od[0]; s.kw = od[1];
   }
+  // The batch is split into one chunk per thread of XLA's pool, each a single-threaded oneDNN call. (oneDNN's
+  // own OpenMP threads, one team per XLA thread that calls it, competed with XLA's threads for the cores.)
+  const int64_t total = s.b;
+  const int n = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(pool.num_threads(), total)));
+  auto chunk_start = [&](int c) { return total / n * c + std::min<int64_t>(c, total % n); };
+  const int64_t x_image = s.h * s.w * s.i, y_image = s.ho * s.wo * s.o;
   try {
-    auto p = Get(kind, s);
+    omp_set_num_threads(1);
     auto& engine = Engine();
-    dnnl::stream stream(engine);
-    float* hwio_data = kind == kKernelGradient ? out->typed_data() : const_cast<float*>(b.typed_data());
-    dnnl::memory hwio(p->hwio, engine, hwio_data);
-    dnnl::memory kernel = p->kernel == p->hwio ? hwio : dnnl::memory(p->kernel, engine);
-    if (kind != kKernelGradient && p->kernel != p->hwio) dnnl::reorder(hwio, kernel).execute(stream, hwio, kernel);
-    thread_local std::vector<char> scratch;
-    if (scratch.size() < p->scratchpad_bytes) scratch.resize(p->scratchpad_bytes);
-    dnnl::memory scratchpad(dnnl::memory::desc({static_cast<int64_t>(p->scratchpad_bytes)},
-                                               dnnl::memory::data_type::u8, dnnl::memory::format_tag::a),
-                            engine, scratch.data());
     float* a_data = const_cast<float*>(a.typed_data());
-    if (kind == kForward) {
-      dnnl::memory x(p->x, engine, a_data), y(p->y, engine, out->typed_data());
-      p->primitive.execute(stream, {{DNNL_ARG_SRC, x}, {DNNL_ARG_WEIGHTS, kernel}, {DNNL_ARG_DST, y},
-                                    {DNNL_ARG_SCRATCHPAD, scratchpad}});
-    } else if (kind == kInputGradient) {
-      dnnl::memory dy(p->y, engine, a_data), dx(p->x, engine, out->typed_data());
-      p->primitive.execute(stream, {{DNNL_ARG_DIFF_DST, dy}, {DNNL_ARG_WEIGHTS, kernel}, {DNNL_ARG_DIFF_SRC, dx},
-                                    {DNNL_ARG_SCRATCHPAD, scratchpad}});
+    float* b_data = const_cast<float*>(b.typed_data());
+    float* out_data = out->typed_data();
+    auto primitive = [&](int c) {
+      Shape chunk = s;
+      chunk.b = chunk_start(c + 1) - chunk_start(c);
+      return Get(kind, chunk);
+    };
+    auto scratchpad = [&](const Primitive& p) {
+      thread_local std::vector<char> scratch;
+      if (scratch.size() < p.scratchpad_bytes) scratch.resize(p.scratchpad_bytes);
+      return dnnl::memory(dnnl::memory::desc({static_cast<int64_t>(p.scratchpad_bytes)},
+                                             dnnl::memory::data_type::u8, dnnl::memory::format_tag::a),
+                          engine, scratch.data());
+    };
+    std::string error;
+    if (kind != kKernelGradient) {
+      // One reorder of the kernel into the layout the primitives want, shared by the chunks (every chunk's
+      // primitive is asked for the same layout; checked below).
+      auto first = primitive(0);
+      dnnl::memory hwio(first->hwio, engine, b_data);
+      dnnl::memory kernel = first->kernel == first->hwio ? hwio : dnnl::memory(first->kernel, engine);
+      if (first->kernel != first->hwio) {
+        dnnl::stream stream(engine);
+        dnnl::reorder(hwio, kernel).execute(stream, hwio, kernel);
+        stream.wait();
+      }
+      error = ParallelFor(pool, n, [&](int c) {
+        auto p = primitive(c);
+        if (p->kernel != first->kernel) throw std::runtime_error("chunks want different kernel layouts");
+        dnnl::stream stream(engine);
+        const int64_t start = chunk_start(c);
+        if (kind == kForward) {
+          dnnl::memory x(p->x, engine, a_data + start * x_image), y(p->y, engine, out_data + start * y_image);
+          p->primitive.execute(stream, {{DNNL_ARG_SRC, x}, {DNNL_ARG_WEIGHTS, kernel}, {DNNL_ARG_DST, y},
+                                        {DNNL_ARG_SCRATCHPAD, scratchpad(*p)}});
+        } else {
+          dnnl::memory dy(p->y, engine, a_data + start * y_image), dx(p->x, engine, out_data + start * x_image);
+          p->primitive.execute(stream, {{DNNL_ARG_DIFF_DST, dy}, {DNNL_ARG_WEIGHTS, kernel},
+                                        {DNNL_ARG_DIFF_SRC, dx}, {DNNL_ARG_SCRATCHPAD, scratchpad(*p)}});
+        }
+        stream.wait();
+      });
     } else {
-      dnnl::memory x(p->x, engine, a_data), dy(p->y, engine, const_cast<float*>(b.typed_data()));
-      p->primitive.execute(stream, {{DNNL_ARG_SRC, x}, {DNNL_ARG_DIFF_DST, dy}, {DNNL_ARG_DIFF_WEIGHTS, kernel},
-                                    {DNNL_ARG_SCRATCHPAD, scratchpad}});
-      if (p->kernel != p->hwio) dnnl::reorder(kernel, hwio).execute(stream, kernel, hwio);
+      // Each chunk's kernel gradient goes to its own HWIO buffer (chunk 0's to the output); they are summed
+      // in chunk order, so the result does not depend on which thread ran which chunk.
+      const int64_t k_size = od[0] * od[1] * od[2] * od[3];
+      std::vector<std::vector<float>> partial(n - 1, std::vector<float>(k_size));
+      error = ParallelFor(pool, n, [&](int c) {
+        auto p = primitive(c);
+        dnnl::stream stream(engine);
+        const int64_t start = chunk_start(c);
+        dnnl::memory x(p->x, engine, a_data + start * x_image), dy(p->y, engine, b_data + start * y_image);
+        dnnl::memory hwio(p->hwio, engine, c == 0 ? out_data : partial[c - 1].data());
+        dnnl::memory kernel = p->kernel == p->hwio ? hwio : dnnl::memory(p->kernel, engine);
+        p->primitive.execute(stream, {{DNNL_ARG_SRC, x}, {DNNL_ARG_DIFF_DST, dy}, {DNNL_ARG_DIFF_WEIGHTS, kernel},
+                                      {DNNL_ARG_SCRATCHPAD, scratchpad(*p)}});
+        if (p->kernel != p->hwio) dnnl::reorder(kernel, hwio).execute(stream, kernel, hwio);
+        stream.wait();
+      });
+      for (const auto& part : partial) {
+        for (int64_t j = 0; j < k_size; ++j) out_data[j] += part[j];
+      }
     }
-    stream.wait();
+    if (!error.empty()) return ffi::Error(ffi::ErrorCode::kInternal, "oneDNN convolution: " + error);
   } catch (const dnnl::error& e) {
     return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN convolution: ") + e.what());
   }
   return ffi::Error::Success();
 }
 
-ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> k, ffi::Result<ffi::Buffer<ffi::F32>> y,
+ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> k, ffi::Result<ffi::Buffer<ffi::F32>> y,
                    int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
-  return Run(kForward, x, k, y, pt, pb, pl, pr);
+  return Run(kForward, pool, x, k, y, pt, pb, pl, pr);
 }
-ffi::Error InputGradient(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> k, ffi::Result<ffi::Buffer<ffi::F32>> dx,
+ffi::Error InputGradient(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> k, ffi::Result<ffi::Buffer<ffi::F32>> dx,
                          int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
-  return Run(kInputGradient, dy, k, dx, pt, pb, pl, pr);
+  return Run(kInputGradient, pool, dy, k, dx, pt, pb, pl, pr);
 }
-ffi::Error KernelGradient(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ffi::Result<ffi::Buffer<ffi::F32>> dk,
+ffi::Error KernelGradient(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ffi::Result<ffi::Buffer<ffi::F32>> dk,
                           int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
-  return Run(kKernelGradient, x, dy, dk, pt, pb, pl, pr);
+  return Run(kKernelGradient, pool, x, dy, dk, pt, pb, pl, pr);
 }
 
 }  // namespace
 
 #define CFG_CONV_BINDING                                                                            \
   ffi::Ffi::Bind()                                                                                  \
+      .Ctx<ffi::ThreadPool>()                                                                       \
       .Arg<ffi::Buffer<ffi::F32>>()                                                                 \
       .Arg<ffi::Buffer<ffi::F32>>()                                                                 \
       .Ret<ffi::Buffer<ffi::F32>>()                                                                 \

@@ -47,7 +47,7 @@ def source_sha256():
 def build(library=LIBRARY):
   """Compiles onednn_conv.cc into `library`; raises RuntimeError with the compiler's message if it fails."""
   command = ['g++', '-O2', '-std=c++17', '-shared', '-fPIC', '-w', f'-I{jax.ffi.include_dir()}',
-             f'-DCFG_SOURCE_SHA256="{source_sha256()}"', SOURCE, '-o', library + '.tmp', '-ldnnl']
+             f'-DCFG_SOURCE_SHA256="{source_sha256()}"', SOURCE, '-o', library + '.tmp', '-ldnnl', '-fopenmp']
   try:
     done = subprocess.run(command, capture_output=True, text=True)
   except FileNotFoundError as error:
