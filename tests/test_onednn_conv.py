@@ -40,6 +40,8 @@ def _random(shape, seed):
   return jax.random.normal(jax.random.key(seed), shape, jnp.float32)
 
 
+# On two or more cores the library splits batches of 2 and 3 into two chunks over XLA's thread pool (3 → 2 + 1,
+# one primitive for each size) and sums the chunks' kernel gradients.
 @pytest.mark.parametrize('x_shape, kernel_shape, padding', [
     ((2, 9, 7, 3), (3, 3, 3, 5), 'SAME'),
     ((3, 8, 8, 16), (1, 1, 16, 4), 'SAME'),
