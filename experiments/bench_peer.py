@@ -208,6 +208,59 @@ class Worker:
     self.process.wait()
 
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def git(*args, cwd=ROOT):
+  return subprocess.run(['git', *args], cwd=cwd, capture_output=True, text=True).stdout.strip()
+
+
+def other_project_worker(parser, jax_python, checkout, checkout_commit):
+  """(side name, Worker) running the project's programs by `jax_python` (default: this interpreter) from
+  `checkout` (default: this checkout)."""
+  script = os.path.abspath(__file__)
+  if checkout:
+    script = os.path.join(os.path.abspath(checkout), 'experiments', 'bench_peer.py')
+    if not os.path.isfile(script):
+      parser.error(f'--checkout {checkout}: no experiments/bench_peer.py there; give the root of a checkout of '
+                   f'this project')
+  worker = Worker([jax_python or sys.executable, script, '--worker'])
+  if checkout:
+    return f'project at {checkout_commit[:7] or checkout}', worker
+  return f'project, jax {worker.info["jax"]}', worker
+
+
+def print_table(best, before, sides):
+  """The side-by-side table (the `before` sides, the project, the peer; ratios to the peer) and each side's
+  guided / unguided ratio, from `best` {side: {program: seconds}}."""
+  print('| | ' + ' | '.join(before) + ' | project | peer | ' + ' | '.join(f'ratio, {side}' for side in before)
+        + ' | ratio now |')
+  print('|---' * (2 * len(before) + 4) + '|')
+  rows = [('train step, batch 64 (img/s)', 'train', TRAIN_BATCH),
+          ('forward, batch 128 (ms)', 'forward', None), ('guided step, 2B = 256 (ms)', 'guided', None)]
+  for label, name, images in rows:
+    show = (lambda t: f'{images / t:.1f}') if images else (lambda t: f'{t * 1e3:.0f}')
+    peer_time = best['peer'][name]
+    print(f'| {label} | ' + ' | '.join(show(best[side][name]) for side in (*before, 'project', 'peer')) + ' | '
+          + ' | '.join(f'{peer_time / best[side][name]:.2f}×' for side in (*before, 'project')) + ' |')
+  for side in sides:
+    print(f'guided / unguided step, {side}: {best[side]["guided"] / best[side]["forward"]:.3f}')
+
+
+def write_json(args, started, checkout_commit, info, peer_info, other_info, best, times):
+  """The run's numbers with their provenance, to args.json."""
+  provenance = dict(command=' '.join(sys.argv), commit=git('rev-parse', 'HEAD'),
+                    dirty=bool(git('status', '--porcelain', '--untracked-files=no')),
+                    machine=f'{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}',
+                    load_average=os.getloadavg(), wall_seconds=time.time() - started,
+                    compiler_options=parallel.compiler_options(),
+                    checkout=args.checkout and dict(path=os.path.abspath(args.checkout), commit=checkout_commit),
+                    date=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()))
+  with open(args.json, 'w') as f:
+    json.dump(dict(provenance=provenance, project=info, peer=peer_info, other_jax=other_info, best_seconds=best,
+                   seconds=times, repeats=args.repeats), f, indent=1)
+
+
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument('--torch_python', help='python of a venv with torch + diffusers')
@@ -237,20 +290,10 @@ def main():
     parser.error(f'--side {chosen}: each must be one of SIDES ({"; ".join(SIDES)}), and project among them')
   started = time.time()
   workers = {}  # side: Worker, the other interpreter's project first, the peer last
+  checkout_commit = git('rev-parse', 'HEAD', cwd=args.checkout) if args.checkout else None
   if args.jax_python or args.checkout:
-    script = os.path.abspath(__file__)
-    if args.checkout:
-      script = os.path.join(os.path.abspath(args.checkout), 'experiments', 'bench_peer.py')
-      if not os.path.isfile(script):
-        parser.error(f'--checkout {args.checkout}: no experiments/bench_peer.py there; give the root of a '
-                     f'checkout of this project')
-    worker = Worker([args.jax_python or sys.executable, script, '--worker'])
-    if args.checkout:
-      commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=args.checkout, capture_output=True,
-                              text=True).stdout.strip()
-      workers[f'project at {commit or args.checkout}'] = worker
-    else:
-      workers[f'project, jax {worker.info["jax"]}'] = worker
+    name, worker = other_project_worker(parser, args.jax_python, args.checkout, checkout_commit)
+    workers[name] = worker
   other_jax = next(iter(workers), None)
   workers['peer'] = Worker([args.torch_python, '-c', _PEER])
   peer_info = workers['peer'].info
@@ -287,33 +330,10 @@ def main():
     print(f'{other_jax}: {args.checkout or args.jax_python}, {workers[other_jax].info["params"]:,} parameters, '
           f'{workers[other_jax].info["flops_per_image"] / 1e6:.0f} MFLOP/image forward (XLA)')
   before = [side for side in sides if side != 'project'] + ([other_jax] if other_jax else [])
-  print('| | ' + ' | '.join(before) + ' | project | peer | ' + ' | '.join(f'ratio, {side}' for side in before)
-        + ' | ratio now |')
-  print('|---' * (2 * len(before) + 4) + '|')
-  rows = [('train step, batch 64 (img/s)', 'train', TRAIN_BATCH),
-          ('forward, batch 128 (ms)', 'forward', None), ('guided step, 2B = 256 (ms)', 'guided', None)]
-  for label, name, images in rows:
-    show = (lambda t: f'{images / t:.1f}') if images else (lambda t: f'{t * 1e3:.0f}')
-    peer_time = best['peer'][name]
-    print(f'| {label} | ' + ' | '.join(show(best[side][name]) for side in (*before, 'project', 'peer')) + ' | '
-          + ' | '.join(f'{peer_time / best[side][name]:.2f}×' for side in (*before, 'project')) + ' |')
-  for side in (*sides, *workers):
-    print(f'guided / unguided step, {side}: {best[side]["guided"] / best[side]["forward"]:.3f}')
+  print_table(best, before, (*sides, *workers))
   if args.json:
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    git = lambda *a, cwd=root: subprocess.run(['git', *a], cwd=cwd, capture_output=True, text=True).stdout.strip()
-    provenance = dict(command=' '.join(sys.argv), commit=git('rev-parse', 'HEAD'),
-                      dirty=bool(git('status', '--porcelain', '--untracked-files=no')),
-                      machine=f'{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}',
-                      load_average=os.getloadavg(), wall_seconds=time.time() - started,
-                      compiler_options=parallel.compiler_options(),
-                      checkout=args.checkout and dict(path=os.path.abspath(args.checkout),
-                                                      commit=git('rev-parse', 'HEAD', cwd=args.checkout)),
-                      date=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()))
-    with open(args.json, 'w') as f:
-      json.dump(dict(provenance=provenance, project=info, peer=peer_info,
-                     other_jax=workers[other_jax].info if other_jax else None, best_seconds=best,
-                     seconds=times, repeats=args.repeats), f, indent=1)
+    write_json(args, started, checkout_commit, info, peer_info,
+               workers[other_jax].info if other_jax else None, best, times)
 
 
 if __name__ == '__main__':

@@ -105,21 +105,19 @@ def _group_norm_modulated_fwd(x, gamma, beta, scale, shift, groups, silu):
   # elementwise pass evaluates their arithmetic, and the index maps of _per_channel, for every element.
   a_map, b_map = jax.lax.optimization_barrier((a, b + shift))
   u = _spatial(a_map) * x + _spatial(b_map)
-  return (u * _sigmoid(u) if silu else u), (x, gamma, beta, scale, shift, a, b, mean, rstd)
+  return (u * _sigmoid(u) if silu else u), (x, gamma, beta, scale, a_map, b_map, mean, rstd)
 
 
 def _group_norm_modulated_bwd(groups, silu, residuals, dy):
   """With u = a·x + b, du = dy · act'(u), A = Σ_hw du, S = Σ_hw du (x − μ) per (image, channel), and
   g = γ (1 + scale): ∂shift = A, ∂scale = γ r S + β A, ∂β = Σ_b (1 + scale) A, ∂γ = Σ_b (1 + scale) r S,
   ∂x = r g du − (r / N)(Σ_grp g A + x̂ Σ_grp g r S), x̂ = (x − μ) r, N = H·W·C/G."""
-  x, gamma, beta, scale, shift, a, b, mean, rstd = residuals
+  x, gamma, beta, scale, a_map, b_map, mean, rstd = residuals
   # Without the barrier XLA merges the u and σ(u) recomputed here with the forward pass's (CSE), so the
   # forward pass stores σ(u) in a pass of its own and reads it back for SiLU, dropout and this gradient.
   x = jax.lax.optimization_barrier(x)
   batch, height, width, channels = x.shape
   count = height * width * (channels // groups)
-
-  a_map, b_map = jax.lax.optimization_barrier((a, b + shift))  # as in the forward pass
 
   def du():  # recomputed where it is used, so XLA fuses it into both passes instead of storing it
     if not silu:
@@ -135,7 +133,7 @@ def _group_norm_modulated_bwd(groups, silu, residuals, dy):
   group_sum = lambda v: v.reshape(batch, groups, -1).sum(-1)
   coef_x = _per_channel(-(rstd ** 2 / count) * group_sum(gain * rstd_c * d_centred), channels)
   coef_0 = _per_channel(-(rstd / count) * group_sum(gain * d_sum), channels) - coef_x * mean_c
-  c_du, c_x, c_0 = jax.lax.optimization_barrier((rstd_c * gain, coef_x, coef_0))  # as in the forward pass
+  c_du, c_x, c_0 = jax.lax.optimization_barrier((rstd_c * gain, coef_x, coef_0))  # as a_map, b_map
   dx = _spatial(c_du) * du() + _spatial(c_x) * x + _spatial(c_0)
   d_gamma = jnp.sum((1.0 + scale) * rstd_c * d_centred, axis=0)
   d_beta = jnp.sum((1.0 + scale) * d_sum, axis=0)
