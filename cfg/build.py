@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import optax
 
 from cfg.models import onednn_conv
+from cfg.models.layers import attention_implementation
 from cfg.models.unet import UNet
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -11,7 +12,7 @@ _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 def model_from_config(config):
   """The ADM U-Net of `config.model`, with num_classes + 1 label rows (the last is ∅); conv_impl 'auto' is
-  resolved here, for the devices of this process."""
+  resolved here, for the devices of this process, and attention_impl 'auto' per attention block."""
   m = config.model
   return UNet(
       base_channels=m.base_channels, channel_mult=tuple(m.channel_mult),
@@ -19,7 +20,17 @@ def model_from_config(config):
       num_heads=m.num_heads, head_channels=m.head_channels, dropout=m.dropout,
       num_classes=config.data.num_classes, resblock_updown=m.resblock_updown,
       norm_groups=m.norm_groups, dtype=_DTYPES[m.compute_dtype], remat=m.remat,
-      conv_impl=onednn_conv.resolve(m.get('conv_impl', 'auto')))
+      conv_impl=onednn_conv.resolve(m.get('conv_impl', 'auto')), attention_impl=attention_impl(m))
+
+
+def attention_impl(model_config):
+  """config.model.attention_impl, checked where it can be before tracing: an unknown name, or 'cudnn' on a
+  machine or compute dtype that cuDNN's attention cannot serve, is an error here (the head dimension is
+  checked per block, when the model is traced)."""
+  impl = model_config.get('attention_impl', 'auto')
+  if impl != 'auto':
+    attention_implementation(impl, _DTYPES[model_config.compute_dtype], head_dim=8)
+  return impl
 
 
 def learning_rate_schedule(optim_config):

@@ -85,6 +85,8 @@ def check_config(config):
            f'config.model.compute_dtype={m.compute_dtype!r}; use float32 or bfloat16.')
   _require(m.conv_impl in ('xla', 'onednn', 'auto'),
            f'config.model.conv_impl={m.conv_impl!r}; use xla, onednn or auto.')
+  _require(m.get('attention_impl', 'auto') in ('xla', 'cudnn', 'auto'),
+           f'config.model.attention_impl={m.get("attention_impl")!r}; use xla, cudnn or auto.')
   _require((m.num_heads > 0) != (m.head_channels > 0),
            'set exactly one of config.model.num_heads and config.model.head_channels (the other -1).')
   _check_widths(config)

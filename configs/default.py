@@ -50,6 +50,9 @@ def _add_data_and_model(config):
       # Who runs the convolutions: xla | onednn (CPU; build: python -m cfg.cli.build_onednn_conv) | auto, oneDNN
       # on a single CPU device where it is built, else XLA. Same parameters and sums either way.
       conv_impl='auto',
+      # Who runs attention: xla | cudnn (cuDNN's fused flash attention: NVIDIA GPU, bfloat16, head dim a
+      # multiple of 8 up to 128) | auto, cuDNN per attention block where all of that holds, else XLA.
+      attention_impl='auto',
   ))
 
 

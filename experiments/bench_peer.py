@@ -233,9 +233,9 @@ def other_project_worker(parser, jax_python, checkout, checkout_commit):
 def print_table(best, before, sides):
   """The side-by-side table (the `before` sides, the project, the peer; ratios to the peer) and each side's
   guided / unguided ratio, from `best` {side: {program: seconds}}."""
-  print('| | ' + ' | '.join(before) + ' | project | peer | ' + ' | '.join(f'ratio, {side}' for side in before)
-        + ' | ratio now |')
-  print('|---' * (2 * len(before) + 4) + '|')
+  header = ['', *before, 'project', 'peer', *(f'ratio, {side}' for side in before), 'ratio now']
+  print('| ' + ' | '.join(header) + ' |')
+  print('|---' * len(header) + '|')
   rows = [('train step, batch 64 (img/s)', 'train', TRAIN_BATCH),
           ('forward, batch 128 (ms)', 'forward', None), ('guided step, 2B = 256 (ms)', 'guided', None)]
   for label, name, images in rows:

@@ -4,6 +4,7 @@ python experiments/bench_train.py                                   # configs/fa
 python experiments/bench_train.py --config=imagenet64 --batch=16     # the paper's ImageNet 64 U-Net
 python experiments/bench_train.py --config=imagenet64 --batch=64 --flops_only   # FLOPs, on any CPU
 python experiments/bench_train.py --steps_per_call=8     # 8 train steps per dispatch (lax.scan)
+python experiments/bench_train.py --config=imagenet64 --bf16 --attention_impl=xla   # against auto's cuDNN on a GPU
 
 FLOPs per step come from XLA's cost analysis of the lowered (not yet optimised) step: forward +
 backward + update, the same count on every backend. The compiled program's analysis is no substitute:
@@ -54,6 +55,9 @@ def main():
   parser.add_argument('--batch', type=int, default=None, help='global batch (default: the config\'s)')
   parser.add_argument('--steps', type=int, default=10)
   parser.add_argument('--bf16', action='store_true', help='bfloat16 compute, float32 params')
+  parser.add_argument('--attention_impl', choices=('auto', 'xla', 'cudnn'), default=None,
+                      help='config.model.attention_impl (default: the config\'s, auto: cuDNN\'s fused '
+                           'attention on NVIDIA GPUs in bfloat16)')
   parser.add_argument('--steps_per_call', type=int, default=1,
                       help='train steps per dispatch (train.steps_per_call: a lax.scan over that many '
                            'batches); times and FLOPs are per step')
@@ -68,6 +72,8 @@ def main():
     config.train.batch_size = args.batch
   if args.bf16:
     config.model.compute_dtype = 'bfloat16'
+  if args.attention_impl:
+    config.model.attention_impl = args.attention_impl
   mesh = parallel.data_mesh()
   model = build.model_from_config(config)
   optimizer = build.optimizer_from_config(config.optim)
@@ -83,9 +89,10 @@ def main():
   # program's every copy): shapes only, no parameters are allocated and nothing is compiled.
   one_step = {'images': jax.ShapeDtypeStruct((1, batch_size, *shape), jnp.float32),
               'labels': jax.ShapeDtypeStruct((1, batch_size), jnp.int32)}
-  # With XLA's convolutions: the oneDNN ones (conv_impl=onednn) are custom calls that cost analysis counts as 0.
+  # With XLA's convolutions and attention: oneDNN's convolutions and cuDNN's attention are custom calls that
+  # cost analysis counts as 0.
   xla_config = config.copy_and_resolve_references()
-  xla_config.model.conv_impl = 'xla'
+  xla_config.model.conv_impl = xla_config.model.attention_impl = 'xla'
   xla_model = build.model_from_config(xla_config)
   counted = parallel.jit(lambda s, b: train.train_steps(s, b, model=xla_model, optimizer=optimizer, config=config),
                          in_shardings=(parallel.replicated(mesh), stacked), donate_argnums=0)
@@ -114,7 +121,8 @@ def main():
   device = jax.devices()[0]
   params = sum(x.size for x in jax.tree.leaves(state.params))
   print(f'config={args.config} params={params:,} device={device.device_kind} x{jax.device_count()} '
-        f'compute={config.model.compute_dtype} steps_per_call={k} convolutions={model.conv_impl}')
+        f'compute={config.model.compute_dtype} steps_per_call={k} convolutions={model.conv_impl} '
+        f'attention={model.attention_impl}')
   print(f'global batch={batch_size} per-device batch={batch_size // jax.device_count()} '
         f'compile={compile_seconds:.1f}s step={seconds * 1e3:.1f}ms images/s={batch_size / seconds:.1f}')
   peak = peak_flops(device)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The device checks, in one call on a lent GPU: sampler ratios (issue targets) and train-step MFU.
+# The device checks, in one call on a lent GPU: sampler ratios (issue targets), cuDNN attention against XLA's
+# (equality, and the ImageNet-64 bf16 step with each) and train-step MFU.
 #   experiments/gpu_check.sh                      # on the GPU machine; logs under $OUT
 #   PYTHON=.venv/bin/python experiments/gpu_check.sh   # dry run of the same steps, here
 #   ONLY="train_fmnist train_in64_bf16" experiments/gpu_check.sh   # some of the steps
@@ -27,7 +28,10 @@ run sampler_b16 150 "$py" experiments/bench_sampler.py --batch 16 --repeats 15
 run sampler_big 150 "$py" experiments/bench_sampler.py --batch "$SAMPLER_BATCH" --repeats 15
 run train_fmnist 90 "$py" experiments/bench_train.py --config=fashion_mnist --steps 50
 run train_fmnist_scan8 120 "$py" experiments/bench_train.py --config=fashion_mnist --steps 10 --steps_per_call 8
+run attention_cudnn 120 "$py" -m pytest -q -p no:cacheprovider tests/test_unet.py -k attention
 run train_in64_bf16 200 "$py" experiments/bench_train.py --config=imagenet64 --batch="$IN64_BATCH" \
     --bf16 --steps 10
+run train_in64_bf16_xla_attention 200 "$py" experiments/bench_train.py --config=imagenet64 \
+    --batch="$IN64_BATCH" --bf16 --attention_impl=xla --steps 10
 run train_in64_fp32 200 "$py" experiments/bench_train.py --config=imagenet64 --batch="$IN64_BATCH" \
     --steps 10

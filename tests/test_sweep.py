@@ -105,7 +105,8 @@ def test_the_frontier_grids_cover_the_solvers_methods_and_checkpoints(capsys):
       2_500, 5_000, 10_000}
   # The dry run's total: image-NFE summed over cells, and the time from the measured constants.
   image_nfe = sum(cost['image_nfe'] for _, _, cost in fashion)
-  seconds = sum(cost['image_nfe'] * 2.3e-3 + cost['train_steps'] * 0.70 for _, _, cost in fashion)
+  seconds = sum(cost['image_nfe'] * fashion_mnist.SECONDS_PER_IMAGE_NFE
+                + cost['train_steps'] * fashion_mnist.SECONDS_PER_TRAIN_STEP for _, _, cost in fashion)
   text = sweep.format_plan(fashion, 'configs/fashion_mnist.py')
   last = text.splitlines()[-1]
   assert last.startswith(f'# total: {len(fashion)} jobs, train_steps=12,500, image_nfe={image_nfe:,}')

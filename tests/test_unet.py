@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 
 from cfg.models import UNet, count_params
-from cfg.models.layers import (AttentionBlock, Dropout, GroupNorm32, ResBlock, _sigmoid, dropout_keep_mask,
-                               group_norm_modulated, time_from_logsnr, timestep_embedding)
+from cfg.models import layers
+from cfg.models.layers import (AttentionBlock, Dropout, GroupNorm32, ResBlock, _sigmoid, attention_implementation,
+                               cudnn_attention_unavailable_reason, dropout_keep_mask, group_norm_modulated,
+                               time_from_logsnr, timestep_embedding)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -155,6 +157,58 @@ def test_attention_block_matches_adm_qkv_attention():
   attended = np.einsum('bts,bcs->bct', weight, heads(v)).reshape(2, 16, 16).transpose(0, 2, 1)
   expected = xn + (attended @ p['proj_out']['kernel'] + p['proj_out']['bias']).reshape(xn.shape)
   np.testing.assert_allclose(out, expected, atol=1e-4)
+
+
+def test_attention_impl_auto_takes_cudnn_only_where_it_applies_and_cudnn_elsewhere_is_an_error(monkeypatch):
+  bf16, f32 = jnp.bfloat16, jnp.float32
+  if jax.default_backend() == 'cpu':
+    assert attention_implementation('auto', bf16, 64) == 'xla'
+    with pytest.raises(ValueError, match='NVIDIA GPUs only.*attention_impl=auto'):
+      attention_implementation('cudnn', bf16, 64)
+  # As on an NVIDIA GPU of compute capability 8.0 or newer: the dtype and the head dimension decide.
+  monkeypatch.setattr(layers, 'cudnn_attention_unavailable_reason', lambda: None)
+  assert attention_implementation('auto', bf16, 64) == 'cudnn'
+  assert attention_implementation('auto', bf16, 128) == 'cudnn'
+  assert [attention_implementation('auto', dtype, head_dim) for dtype, head_dim in
+          ((f32, 64), (bf16, 12), (bf16, 136))] == ['xla'] * 3
+  assert attention_implementation('xla', bf16, 64) == 'xla'
+  with pytest.raises(ValueError, match='compute_dtype=bfloat16, and the model computes in float32'):
+    attention_implementation('cudnn', f32, 64)
+  with pytest.raises(ValueError, match='multiple of 8 and at most 128.*is 12'):
+    attention_implementation('cudnn', bf16, 12)
+  with pytest.raises(ValueError, match="attention_impl='flash'; use one of"):
+    attention_implementation('flash', bf16, 64)
+
+
+def test_attention_impl_cudnn_on_this_machine_fails_when_the_model_is_built():
+  from cfg import build
+  from configs import fashion_mnist
+  config = fashion_mnist.get_config()
+  config.model.attention_impl = 'cudnn'
+  if cudnn_attention_unavailable_reason() is None:
+    pytest.skip('cuDNN attention runs here; the float32 case below is the error to check')
+  with pytest.raises(ValueError, match='config.model.attention_impl=cudnn: it runs on NVIDIA GPUs only'):
+    build.model_from_config(config)
+  config.model.attention_impl = 'xla'
+  assert build.model_from_config(config).attention_impl == 'xla'
+
+
+@pytest.mark.skipif(cudnn_attention_unavailable_reason() is not None,
+                    reason='cuDNN attention needs an NVIDIA GPU (experiments/gpu_check.sh runs this there)')
+def test_cudnn_attention_matches_xla_forward_and_gradients():
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 16, 16, 128), np.float32))
+  blocks = {impl: AttentionBlock(head_channels=64, norm_groups=32, dtype=jnp.bfloat16, attention_impl=impl)
+            for impl in ('xla', 'cudnn')}
+  params = perturbed(jax.jit(blocks['xla'].init)(init_key(), x), seed=2, scale=0.2)
+  loss = lambda block: jax.jit(jax.value_and_grad(
+      lambda p, x: jnp.sum(block.apply(p, x).astype(jnp.float32) ** 2), argnums=(0, 1)))
+  (value_xla, grads_xla), (value_cudnn, grads_cudnn) = (loss(blocks[impl])(params, x) for impl in ('xla', 'cudnn'))
+  assert 'cudnn' in jax.jit(blocks['cudnn'].apply).lower(params, x).compile().as_text().lower()
+  # bfloat16 carries 8 bits of mantissa: both are bf16 computations of the same sums, compared as such.
+  assert abs(float(value_cudnn - value_xla)) <= 1e-2 * abs(float(value_xla))
+  for ours, theirs in zip(jax.tree.leaves(grads_cudnn), jax.tree.leaves(grads_xla)):
+    relative = float(jnp.linalg.norm((ours - theirs).astype(jnp.float32)) / jnp.linalg.norm(theirs.astype(jnp.float32)))
+    assert relative < 2e-2, relative
 
 
 @pytest.mark.parametrize('out_channels', [8, 12])

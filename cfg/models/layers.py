@@ -266,17 +266,63 @@ class ResBlock(nn.Module):
     return x.astype(self.dtype) + h
 
 
+ATTENTION_IMPLS = ('auto', 'xla', 'cudnn')
+
+
+def cudnn_attention_unavailable_reason():
+  """None where cuDNN's fused attention can run (an NVIDIA GPU of compute capability 8.0 or newer, as jax's
+  cuDNN flash attention needs), else why not."""
+  if jax.default_backend() != 'gpu':
+    return f'it runs on NVIDIA GPUs only, and this process runs on {jax.default_backend()}'
+  device = jax.devices()[0]
+  if 'cuda' not in device.client.platform_version.lower():
+    return f'it needs CUDA, and this GPU runs {device.client.platform_version}'
+  major, minor = (int(part) for part in device.compute_capability.split('.')[:2])
+  if (major, minor) < (8, 0):
+    return f'it needs compute capability 8.0 or newer, and {device.device_kind} has {device.compute_capability}'
+  return None
+
+
+def attention_implementation(attention_impl, dtype, head_dim):
+  """jax.nn.dot_product_attention's `implementation` for config.model.attention_impl.
+
+  'xla': XLA's softmax(q kᵀ / √d) v. 'cudnn': cuDNN's fused flash attention, which needs an NVIDIA GPU
+  (compute capability ≥ 8.0), bfloat16 compute and a head dimension that is a multiple of 8, at most 128
+  (jax allows 256 on Hopper and newer; 128 keeps one rule for every card); an error otherwise. 'auto':
+  cuDNN where all of that holds, XLA elsewhere (CPUs, float32, other head dimensions).
+  """
+  if attention_impl not in ATTENTION_IMPLS:
+    raise ValueError(f'config.model.attention_impl={attention_impl!r}; use one of {ATTENTION_IMPLS}.')
+  if attention_impl == 'xla':
+    return 'xla'
+  problems = [reason for reason in (
+      cudnn_attention_unavailable_reason(),
+      None if jnp.dtype(dtype) == jnp.bfloat16 else
+      f'it needs compute_dtype=bfloat16, and the model computes in {jnp.dtype(dtype).name}',
+      None if head_dim % 8 == 0 and head_dim <= 128 else
+      f'it needs a head dimension that is a multiple of 8 and at most 128, and this block\'s is {head_dim}')
+      if reason]
+  if not problems:
+    return 'cudnn'
+  if attention_impl == 'cudnn':
+    raise ValueError(f'config.model.attention_impl=cudnn: {"; ".join(problems)}. Use attention_impl=auto '
+                     f'(cuDNN where it applies, XLA elsewhere) or xla.')
+  return 'xla'
+
+
 class AttentionBlock(nn.Module):
   """x + W_o · MHA(GN(x)), MHA = softmax(q kᵀ / sqrt(d)) v per head over all H·W positions.
 
   One 1×1 projection gives [q | k | v], each split into heads afterwards (ADM's
   `use_new_attention_order` / `QKVAttention`). W_o starts at zero. Heads: C / head_channels when
-  head_channels > 0, otherwise num_heads.
+  head_channels > 0, otherwise num_heads. `attention_impl` (see `attention_implementation`): 'xla',
+  'cudnn' (cuDNN's fused flash attention on NVIDIA GPUs, bfloat16) or 'auto'; the same parameters.
   """
   num_heads: int = -1
   head_channels: int = -1
   norm_groups: int = 32
   dtype: jnp.dtype = jnp.float32
+  attention_impl: str = 'xla'
 
   def heads_for(self, channels):
     """Number of heads for a feature map of `channels` channels."""
@@ -301,6 +347,8 @@ class AttentionBlock(nn.Module):
     qkv = dense(3 * channels, dtype=self.dtype, name='qkv')(h)
     q, k, v = (a.reshape(batch, height * width, heads, channels // heads)
                for a in jnp.split(qkv, 3, axis=-1))
-    attended = jax.nn.dot_product_attention(q, k, v).reshape(batch, height * width, channels)
+    implementation = attention_implementation(self.attention_impl, self.dtype, channels // heads)
+    attended = jax.nn.dot_product_attention(q, k, v, implementation=implementation)
+    attended = attended.reshape(batch, height * width, channels)
     out = dense(channels, dtype=self.dtype, zero_init=True, name='proj_out')(attended)
     return x.astype(self.dtype) + out.reshape(batch, height, width, channels)

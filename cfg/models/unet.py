@@ -52,6 +52,8 @@ class UNet(nn.Module):
       trading compute for the memory of the saved activations; the same parameters and gradients.
     conv_impl: 'xla', or 'onednn' for oneDNN's convolutions on the CPU (cfg/models/onednn_conv.py); the same
       parameters either way.
+    attention_impl: 'xla', 'cudnn' (cuDNN's fused attention on NVIDIA GPUs) or 'auto', resolved per attention
+      block by `layers.attention_implementation`; the same parameters either way.
   """
   base_channels: int
   channel_mult: Sequence[int]
@@ -67,6 +69,7 @@ class UNet(nn.Module):
   dtype: jnp.dtype = jnp.float32
   remat: bool = False
   conv_impl: str = 'xla'
+  attention_impl: str = 'xla'
 
   def check_inputs(self, z, logsnr, labels):
     """Raises ValueError for inputs the network cannot take."""
@@ -115,7 +118,7 @@ class UNet(nn.Module):
   def attention(self, name):
     return (nn.remat(AttentionBlock) if self.remat else AttentionBlock)(
         num_heads=self.num_heads, head_channels=self.head_channels, norm_groups=self.norm_groups,
-        dtype=self.dtype, name=name)
+        dtype=self.dtype, attention_impl=self.attention_impl, name=name)
 
   def resample(self, h, emb, direction, name, *, train):
     """BigGAN residual resampling block, or ADM's plain conv resampling without resblock_updown."""
