@@ -12,7 +12,10 @@ where the layer has fewer output than input channels, `dk swapped`: the same sum
 as input and x as kernel (`ablate_conv_grads.swapped_kernel_grad`), with its largest difference from
 `dk` relative to dk's largest entry. The peer (`--torch_python`, a venv with torch) times
 `torch.nn.Conv2d` of the same shape in NCHW: `fwd` under no_grad and `bwd` as one backward pass (both
-gradients and the bias's). Totals weigh each shape by how often the U-Net uses it.
+gradients and the bias's). Totals weigh each shape by how often the U-Net uses it. The last line sets
+the totals against this machine's float32 matmul rate (one 3072³ product by XLA, timed in the same run):
+the FLOP/s the convolutions reach, and the images/s a train step whose only cost were its convolutions
+could reach.
 
 Read it with care: a layer alone is not a layer in the train step (experiments/throughput.md, section
 5: the swapped kernel gradient is faster alone and slower in the step).
@@ -139,6 +142,19 @@ def time_layer(height, cin, cout, k, steps):
   return row
 
 
+def matmul_rate(size=3072, steps=5):
+  """This machine's float32 FLOP/s on one large matrix product (size³ multiply-adds) by XLA, best of
+  3 rounds of `steps`: the rate a compute-bound convolution can hope for here."""
+  a, b = (jax.random.normal(key, (size, size)) for key in jax.random.split(jax.random.key(0)))
+  return 2 * size ** 3 / best_seconds(jnp.matmul, (a, b), steps)[0]
+
+
+def conv_flops(height, cin, cout, k):
+  """FLOPs of one stride-1 'SAME' convolution at batch 64 (2 per multiply-add); its input and kernel
+  gradients take as many each."""
+  return 2 * BATCH * height * height * cin * cout * k * k
+
+
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument('--torch_python', default='', help='python of a venv with torch (optional)')
@@ -152,6 +168,7 @@ def main():
     os.killpg(args.pause_group, signal.SIGSTOP)
   try:
     rows = {shape: time_layer(*shape, args.steps) for shape in layers}
+    matmul = matmul_rate()
     peer = None
     if args.torch_python:
       run = subprocess.run([args.torch_python, '-c', _PEER, str(args.steps)], capture_output=True, text=True,
@@ -186,6 +203,14 @@ def main():
     print(f'XLA fwd + dx + dk {1e3 * (totals["fwd"] + totals["dx"] + totals["dk"]):.1f} ms, oneDNN '
           f'{1e3 * sum(totals[name] for name in onednn):.1f} ms; largest difference from XLA\'s, relative to its '
           f'largest entry: {max(row["onednn_rel_diff"] for row in rows.values()):.1e}')
+  # The ceiling these set: the train step computes every convolution's fwd, dx and dk once.
+  flops = 3 * sum(uses * conv_flops(*shape) for shape, uses in layers.items())
+  fastest = 'oneDNN' if onednn else 'XLA'
+  seconds = sum(totals[name] for name in onednn) if onednn else totals['fwd'] + totals['dx'] + totals['dk']
+  print(f'this machine\'s float32 matmul (3072³, XLA): {matmul / 1e9:.1f} GFLOP/s. The convolutions\' fwd + dx + '
+        f'dk: {flops / 1e9:.2f} GFLOP per train step, by {fastest} at {flops / seconds / 1e9:.1f} GFLOP/s '
+        f'({flops / seconds / matmul:.2f}× the matmul rate); a train step of batch {BATCH} that spent nothing '
+        f'else would run at most {BATCH / seconds:.0f} images/s ({BATCH * matmul / flops:.0f} at the matmul rate)')
   if peer:
     ours = totals['fwd'] + totals['dx'] + totals['dk']
     print(f'project fwd + dx + dk {1e3 * ours:.1f} ms, peer fwd + bwd '
@@ -193,6 +218,7 @@ def main():
   if args.json:
     with open(args.json, 'w') as f:
       json.dump({**interleaved.benchmark_provenance(), 'torch': peer and peer['torch'], 'batch': BATCH,
+                 'matmul_flops_per_second': matmul, 'train_step_conv_flops': flops,
                  'seconds': [{'height': h, 'in': i, 'out': o, 'k': k, 'uses': layers[(h, i, o, k)], **row}
                              for (h, i, o, k), row in rows.items()]}, f, indent=1)
 
