@@ -9,11 +9,11 @@ Set up the peer once, in its own venv (the project and its tests never import to
 
 Both run on the CPU with this machine's cores. The rounds alternate: a JAX round, then a torch
 round in a worker process that waits while JAX runs, so the two never compete for the cores.
-Times are the minimum over rounds (the least disturbed), ratios are project ÷ peer throughput. The
-project runs as it is and as it was before each change that mattered (`SIDES`: XLA's default CPU
-options; flax's threefry dropout mask; flax's GroupNorm under autodiff; YNNPACK for dots only, before its
-reductions were added; XLA's own convolutions, before oneDNN's), interleaved in the same rounds;
-`--side` (repeated) keeps only some of them.
+Two tables: the minimum over rounds (the least disturbed), then the median (what a noisy machine gives
+most of the time); ratios are project ÷ peer throughput. The project runs as it is and as it was before
+each change that mattered (`SIDES`: XLA's default CPU options; flax's threefry dropout mask; flax's
+GroupNorm under autodiff; YNNPACK for dots only, before its reductions were added; XLA's own convolutions,
+before oneDNN's), interleaved in the same rounds; `--side` (repeated) keeps only some of them.
 `--jax_python` adds the project's own programs run by another interpreter (a venv with another
 jax/jaxlib, e.g. a newer one on a newer Python) as one more side, in a worker process like the peer's.
 `--checkout` does the same for another checkout of the project (e.g. `git worktree add ../before <commit>`, with
@@ -331,6 +331,10 @@ def main():
           f'{workers[other_jax].info["flops_per_image"] / 1e6:.0f} MFLOP/image forward (XLA)')
   before = [side for side in sides if side != 'project'] + ([other_jax] if other_jax else [])
   print_table(best, before, (*sides, *workers))
+  # On a noisy machine the best of a few rounds can flatter one side; the medians say how much to trust it.
+  print(f'\nthe same, median of the {args.repeats} rounds:')
+  print_table({side: {k: float(np.median(v)) for k, v in t.items()} for side, t in times.items()}, before,
+              (*sides, *workers))
   if args.json:
     write_json(args, started, checkout_commit, info, peer_info,
                workers[other_jax].info if other_jax else None, best, times)
