@@ -28,7 +28,7 @@ run sampler_b16 150 "$py" experiments/bench_sampler.py --batch 16 --repeats 15
 run sampler_big 150 "$py" experiments/bench_sampler.py --batch "$SAMPLER_BATCH" --repeats 15
 run train_fmnist 90 "$py" experiments/bench_train.py --config=fashion_mnist --steps 50
 run train_fmnist_scan8 120 "$py" experiments/bench_train.py --config=fashion_mnist --steps 10 --steps_per_call 8
-run attention_cudnn 120 "$py" -m pytest -q -p no:cacheprovider tests/test_unet.py -k attention
+run attention_cudnn 120 "$py" -m pytest -q -p no:cacheprovider tests/test_unet.py -k "attention_impl or cudnn"
 run train_in64_bf16 200 "$py" experiments/bench_train.py --config=imagenet64 --batch="$IN64_BATCH" \
     --bf16 --steps 10
 run train_in64_bf16_xla_attention 200 "$py" experiments/bench_train.py --config=imagenet64 \
