@@ -1,8 +1,8 @@
 """Trained models from a workdir: a checkpoint's EMA params, and autoguidance's guide network.
 
 Autoguidance loads a second model, the guide, from `guidance.guide_workdir` with its own EMA params;
-its architecture comes from the config stored in its checkpoint, and its image shape and class count
-must equal the main model's.
+its architecture comes from the config stored in its checkpoint (not `conv_impl` / `attention_impl`, which
+this run chooses), and its image shape and class count must equal the main model's.
 """
 
 from cfg import build, files, generate
@@ -10,6 +10,9 @@ from cfg.checkpoints import Checkpoints
 from cfg.config_checks import ConfigError
 from cfg.errors import MissingInputError
 from cfg.train_state import restore_or_init
+
+# config.model fields that choose how the network is computed, not what it computes.
+IMPLEMENTATION_FIELDS = ('conv_impl', 'attention_impl')
 
 
 class NoCheckpointError(MissingInputError):
@@ -67,7 +70,10 @@ def load_guide(config, mesh):
           f'the guide in {workdir} was trained on data.{field}={stored["data"][field]!r}, the main model '
           f'on {config.data[field]!r}: autoguidance needs the same images and classes.')
   guide_config = config.copy_and_resolve_references()
-  guide_config.model.update({k: v for k, v in stored['model'].items() if k in guide_config.model})
+  # The guide's architecture is the stored one; who runs its convolutions and attention is this run's choice
+  # (a guide trained with conv_impl=onednn on a CPU samples on a GPU too).
+  guide_config.model.update({k: v for k, v in stored['model'].items()
+                             if k in guide_config.model and k not in IMPLEMENTATION_FIELDS})
   guide_model, guide_params, step = load_ema_params(guide_config, workdir, mesh, step=step)
   return guide_model, guide_params, step
 

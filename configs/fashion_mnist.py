@@ -33,7 +33,7 @@ def get_config(arg=None):
       base_channels=16, channel_mult=(1, 2, 4), num_res_blocks=1, attn_resolutions=(7,),
       head_channels=32, dropout=0.1, norm_groups=8))
   config.optim.update(dict(learning_rate=1e-3, warmup_steps=200, ema_rate=0.999))
-  # On 2 CPU cores, 2,500 steps take about 12 minutes with the oneDNN convolutions (README), and about 20
+  # On 2 CPU cores, 2,500 steps take 12 to 15 minutes with the oneDNN convolutions (README), and about 20
   # minutes without them. Samples follow their labels from about 500 steps.
   config.train.update(dict(
       batch_size=64, num_steps=2_500, log_every=50, checkpoint_every=250, preview_every=500))

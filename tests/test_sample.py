@@ -121,6 +121,15 @@ def test_autoguidance_rejects_a_missing_or_incompatible_guide(trained, tmp_path)
     load_guide(other, mesh)
 
 
+def test_the_guide_runs_on_this_run_s_convolutions_and_attention_not_those_stored_with_it(trained):
+  from cfg.trained import stored_config
+  assert stored_config(trained)[1]['model']['conv_impl'] == 'auto'  # oneDNN's where built, as here in CI
+  config = _sample_config(method='autoguidance', guide_workdir=trained)
+  config.model.update(conv_impl='xla', attention_impl='xla')
+  guide_model, _, _ = load_guide(config, parallel.data_mesh())
+  assert (guide_model.conv_impl, guide_model.attention_impl) == ('xla', 'xla')
+
+
 def test_without_a_guide_network_autoguidance_configs_preview_with_cfg(capsys):
   config = _sample_config(method='autoguidance', guide_workdir='/nonexistent')
   assert generate.sampler_kwargs(config)['method'] is guidance.get_method('autoguidance')
