@@ -120,9 +120,11 @@ def main():
   seconds = (time.time() - start) / (args.steps * k)  # per train step
   device = jax.devices()[0]
   params = sum(x.size for x in jax.tree.leaves(state.params))
+  # What `auto` chose: jax's cuDNN attention lowers to custom calls named __cudnn$fmha….
+  attention = 'cudnn' if '__cudnn$fmha' in lowered.as_text() else 'xla'
   print(f'config={args.config} params={params:,} device={device.device_kind} x{jax.device_count()} '
         f'compute={config.model.compute_dtype} steps_per_call={k} convolutions={model.conv_impl} '
-        f'attention={model.attention_impl}')
+        f'attention={attention} (attention_impl={model.attention_impl})')
   print(f'global batch={batch_size} per-device batch={batch_size // jax.device_count()} '
         f'compile={compile_seconds:.1f}s step={seconds * 1e3:.1f}ms images/s={batch_size / seconds:.1f}')
   peak = peak_flops(device)
