@@ -29,7 +29,7 @@ def attention_impl(model_config):
   checked per block, when the model is traced)."""
   impl = model_config.get('attention_impl', 'auto')
   if impl != 'auto':
-    attention_implementation(impl, _DTYPES[model_config.compute_dtype], head_dim=8)
+    attention_implementation(impl, _DTYPES[model_config.compute_dtype])
   return impl
 
 

@@ -27,6 +27,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from cfg import build, data, parallel, train, train_state  # noqa: E402
+from cfg.models import layers  # noqa: E402
 
 # Dense bf16 peak FLOP/s per device, from the vendors' data sheets.
 PEAK_FLOPS = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'TPU v4': 275e12, 'TPU v5': 459e12,
@@ -49,13 +50,14 @@ def lowered_flops(lowered):
   return float(cost.get('flops', 0.0)) if cost else 0.0
 
 
-def main():
+def parse_args():
+  """The command line, and the config it describes."""
   parser = argparse.ArgumentParser()
   parser.add_argument('--config', default='fashion_mnist', help='a module in configs/')
   parser.add_argument('--batch', type=int, default=None, help='global batch (default: the config\'s)')
   parser.add_argument('--steps', type=int, default=10)
   parser.add_argument('--bf16', action='store_true', help='bfloat16 compute, float32 params')
-  parser.add_argument('--attention_impl', choices=('auto', 'xla', 'cudnn'), default=None,
+  parser.add_argument('--attention_impl', choices=layers.ATTENTION_IMPLS, default=None,
                       help='config.model.attention_impl (default: the config\'s, auto: cuDNN\'s fused '
                            'attention on NVIDIA GPUs in bfloat16)')
   parser.add_argument('--steps_per_call', type=int, default=1,
@@ -74,6 +76,25 @@ def main():
     config.model.compute_dtype = 'bfloat16'
   if args.attention_impl:
     config.model.attention_impl = args.attention_impl
+  return args, config
+
+
+def print_mfu(flops_per_step, seconds, device):
+  """Achieved FLOP/s per device and MFU for a global step of `flops_per_step` FLOPs in `seconds`."""
+  if not flops_per_step:
+    print('MFU: this backend\'s cost analysis gives no FLOPs; count them with --flops_only on a '
+          'CPU and pass --flops_per_step')
+    return
+  peak = peak_flops(device)
+  per_device = flops_per_step / jax.device_count()  # the lowered program is the global step
+  achieved = per_device / seconds
+  mfu = f'{achieved / peak:.1%}' if peak else 'n/a (no peak known for this device)'
+  print(f'XLA flops/step/device={per_device:.3e} achieved={achieved / 1e12:.2f} TFLOP/s/device '
+        f'MFU={mfu}')
+
+
+def main():
+  args, config = parse_args()
   mesh = parallel.data_mesh()
   model = build.model_from_config(config)
   optimizer = build.optimizer_from_config(config.optim)
@@ -127,16 +148,7 @@ def main():
         f'attention={attention} (attention_impl={model.attention_impl})')
   print(f'global batch={batch_size} per-device batch={batch_size // jax.device_count()} '
         f'compile={compile_seconds:.1f}s step={seconds * 1e3:.1f}ms images/s={batch_size / seconds:.1f}')
-  peak = peak_flops(device)
-  if flops_per_step:
-    per_device = flops_per_step / jax.device_count()  # the lowered program is the global step
-    achieved = per_device / seconds
-    mfu = f'{achieved / peak:.1%}' if peak else 'n/a (no peak known for this device)'
-    print(f'XLA flops/step/device={per_device:.3e} achieved={achieved / 1e12:.2f} TFLOP/s/device '
-          f'MFU={mfu}')
-  else:
-    print('MFU: this backend\'s cost analysis gives no FLOPs; count them with --flops_only on a '
-          'CPU and pass --flops_per_step')
+  print_mfu(flops_per_step, seconds, device)
 
 
 if __name__ == '__main__':

@@ -283,13 +283,14 @@ def cudnn_attention_unavailable_reason():
   return None
 
 
-def attention_implementation(attention_impl, dtype, head_dim):
+def attention_implementation(attention_impl, dtype, head_dim=None):
   """jax.nn.dot_product_attention's `implementation` for config.model.attention_impl.
 
   'xla': XLA's softmax(q kᵀ / √d) v. 'cudnn': cuDNN's fused flash attention, which needs an NVIDIA GPU
   (compute capability ≥ 8.0), bfloat16 compute and a head dimension that is a multiple of 8, at most 128
   (jax allows 256 on Hopper and newer; 128 keeps one rule for every card); an error otherwise. 'auto':
-  cuDNN where all of that holds, XLA elsewhere (CPUs, float32, other head dimensions).
+  cuDNN where all of that holds, XLA elsewhere (CPUs, float32, other head dimensions). `head_dim=None`
+  checks the rest only (before the model is traced).
   """
   if attention_impl not in ATTENTION_IMPLS:
     raise ValueError(f'config.model.attention_impl={attention_impl!r}; use one of {ATTENTION_IMPLS}.')
@@ -299,7 +300,7 @@ def attention_implementation(attention_impl, dtype, head_dim):
       cudnn_attention_unavailable_reason(),
       None if jnp.dtype(dtype) == jnp.bfloat16 else
       f'it needs compute_dtype=bfloat16, and the model computes in {jnp.dtype(dtype).name}',
-      None if head_dim % 8 == 0 and head_dim <= 128 else
+      None if head_dim is None or (head_dim % 8 == 0 and head_dim <= 128) else
       f'it needs a head dimension that is a multiple of 8 and at most 128, and this block\'s is {head_dim}')
       if reason]
   if not problems:
