@@ -129,6 +129,9 @@ def _check_sampling(config):
            'as APG\'s momentum advances at each network evaluation) or step (once per Heun step).')
   _require(s.num_samples >= 1 and s.batch_size >= 1,
            'config.sampling.num_samples and config.sampling.batch_size must be positive.')
+  if s.max_network_batch is not None:
+    _require(s.max_network_batch >= 1, f'config.sampling.max_network_batch={s.max_network_batch} must be a '
+             'positive number of rows per device and network call, or None for no limit.')
   _require(s.labels in LABEL_PROTOCOLS,
            f'config.sampling.labels={s.labels!r} is unknown; use balanced (every class equally often) or '
            'uniform (independent uniform draws).')

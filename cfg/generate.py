@@ -90,8 +90,10 @@ def make_sample_fn(model, config, mesh, *, guide=None):
     kwargs['method'] = guidance.get_method('cfg')
 
   def sample(params, key, labels, example_ids, weights, guide_params):
-    denoise = functools.partial(model.apply, params)
-    guide_denoise = None if guide is None else functools.partial(guide[0].apply, guide_params)
+    chunks = functools.partial(samplers.in_chunks, max_batch=config.sampling.max_network_batch,
+                               devices=mesh.devices.size, lanes=weights.shape[0])
+    denoise = chunks(functools.partial(model.apply, params))
+    guide_denoise = None if guide is None else chunks(functools.partial(guide[0].apply, guide_params))
     return samplers.sample_sweep(
         functools.partial(samplers.sample, denoise, guide_denoise=guide_denoise),
         params=shared._replace(w=weights), key=key, labels=labels, example_ids=example_ids,

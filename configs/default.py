@@ -109,6 +109,10 @@ def _add_sampling_and_evaluation(config):
       clip_x=True,
       num_samples=1_000,
       batch_size=500,  # global, over all devices
+      # Set: a network call gets at most this many rows per device (the 2B of a guided call and the
+      # vmapped weights counted); a larger one runs as several in sequence in the same program
+      # (samplers.in_chunks). Bounds activation memory; on a CPU, 32–64 is faster than one large call.
+      max_network_batch=config_dict.placeholder(int),
       seed=1,
       labels='balanced',  # balanced: every class equally often (⌊N/C⌋ or ⌈N/C⌉) | uniform: i.i.d. draws
   ))

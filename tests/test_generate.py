@@ -36,6 +36,30 @@ def test_weights_in_programs_of_two_give_the_images_of_one_program():
       == [([0., 1.], 2), ([3., 3.], 1)]
 
 
+def test_network_calls_in_chunks_give_the_images_of_one_call():
+  """sampling.max_network_batch = 6: the 3 weights × 2B = 8 rows of a guided call run as 4 calls of
+  3 × 2 rows, in one loop more."""
+  config = smoke_config()
+  config.sampling.update(dict(batch_size=4, num_steps=3))
+  model = build.model_from_config(config)
+  params = train_state.init_state(config, model, build.optimizer_from_config(config.optim)).params
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(1), len(leaves))
+  params = jax.tree.unflatten(tree, [x + 0.1 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+  mesh = parallel.data_mesh()
+  labels, whole = _images(config, params, model, mesh)
+  loops = lambda: generate.make_sample_fn(model, config, mesh).lower(
+      params, jax.random.PRNGKey(0), labels, np.arange(4), jax.numpy.zeros(3)).as_text().count('stablehlo.while')
+  unchunked = loops()
+  config.sampling.max_network_batch = 6
+  assert loops() == unchunked + 1
+  chunked_labels, chunked = _images(config, params, model, mesh)
+  np.testing.assert_array_equal(chunked_labels, labels)
+  assert np.mean(whole[0] != whole[2]) > 0.2
+  # Calls of another batch size may sum in another order: rounded to uint8 a pixel may move by one level.
+  assert np.abs(chunked.astype(int) - whole.astype(int)).max() <= 1
+
+
 def _labels_of_a_run(config, num_samples):
   """The labels sample_batches gives examples 0 … num_samples − 1 (a stand-in network: no sampling)."""
   fake_sample_fn = lambda params, key, labels, ids, weights: np.zeros((len(weights), len(labels), 2, 2, 1))

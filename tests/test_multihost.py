@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import pytest
 
-from cfg import build, parallel, sample, train, train_state
+from cfg import build, parallel, sample, samplers, train, train_state
 from configs import smoke
 from tests import sample_on_mesh
 from tests.tb_events import read_scalars
@@ -175,11 +175,17 @@ def _read_samples(folder):
 
 
 def test_samples_do_not_depend_on_the_device_count(runs, tmp_path):
-  """The same examples from 1, 2 and 8 devices, in 1, 2 and 3 batches (the last one padded)."""
-  batch_sizes = {1: 20, 2: 10, 8: 8}
+  """The same examples from 1, 2 and 8 devices, in 1, 2 and 3 batches (the last one padded), the network
+  called on the whole batch (1 device) or in sequential chunks (sampling.max_network_batch): on 2 devices
+  5 calls of rows j, j + 5, … (2 weights × 2 rows per device each), on 8 devices 2 calls."""
+  batch_sizes, max_network_batch = {1: 20, 2: 10, 8: 8}, {2: 4, 8: 2}
   dirs = {n: _only_checkpoint(runs['dirs']['one_device'], 6, str(tmp_path / f'devices{n}')) for n in batch_sizes}
+  assert [samplers.chunk_count(2 * batch_sizes[n], max_batch=max_network_batch[n], devices=n, lanes=2)
+          for n in (2, 8)] == [5, 2]
   processes = [_start(dirs[n], '--config.mode=sample', '--config.sampling.num_samples=20',
-                      f'--config.sampling.batch_size={batch_sizes[n]}', num_devices=n) for n in (2, 8)]
+                      f'--config.sampling.batch_size={batch_sizes[n]}',
+                      f'--config.sampling.max_network_batch={max_network_batch[n]}', num_devices=n)
+               for n in (2, 8)]
   config = _config()
   config.sampling.update(dict(num_samples=20, batch_size=batch_sizes[1]))
   sample.run(config, dirs[1])

@@ -68,13 +68,26 @@ def test_convolution_and_both_gradients_equal_xlas(library, x_shape, kernel_shap
   assert lowered.count('CfgOnednnConv') >= 3 and 'convolution' not in lowered  # oneDNN really ran all three
 
 
-def test_vmap_runs_each_element(library):
-  x, kernel = _random((3, 2, 6, 6, 4), 2), _random((3, 3, 4, 5), 3)
+def test_vmap_folds_a_shared_kernels_lanes_into_one_call_and_keeps_per_lane_results(library):
+  """vmap over images with one kernel (the guidance-weight sweeps): the lanes go into ONE oneDNN call of
+  L·B rows, also under a vmap of a vmap; a kernel per lane, and the gradients per lane (the kernel gradient
+  sums over its own lane's rows only), give each lane's own convolution."""
+  x, kernel, kernels = _random((3, 2, 6, 6, 4), 2), _random((3, 3, 4, 5), 3), _random((3, 3, 3, 4, 5), 4)
   conv = lambda a, k: onednn_conv.conv_general_dilated(a, k, (1, 1), 'SAME', dimension_numbers=NHWC)
-  batched = jax.jit(jax.vmap(conv, in_axes=(0, None)))(x, kernel)
-  for index in range(3):
-    assert_close(batched[index], lax.conv_general_dilated(x[index], kernel, (1, 1), 'SAME',
-                                                          dimension_numbers=NHWC))
+  reference = lambda a, k: lax.conv_general_dilated(a, k, (1, 1), 'SAME', dimension_numbers=NHWC)
+  shared = jax.jit(jax.vmap(conv, in_axes=(0, None)))
+  lowered = shared.lower(x, kernel).as_text()
+  assert lowered.count('CfgOnednnConv') == 1 and 'tensor<6x6x6x4xf32>' in lowered, lowered
+  assert_close(shared(x, kernel), jax.vmap(reference, in_axes=(0, None))(x, kernel))
+  twice = jax.jit(jax.vmap(jax.vmap(conv, in_axes=(0, None)), in_axes=(0, None)))
+  assert twice.lower(x[None].repeat(2, 0), kernel).as_text().count('CfgOnednnConv') == 1
+  assert_close(twice(x[None].repeat(2, 0), kernel)[1], shared(x, kernel))
+  assert_close(jax.jit(jax.vmap(conv))(x, kernels), jax.vmap(reference)(x, kernels))
+  assert_close(jax.jit(jax.vmap(conv, in_axes=(None, 0)))(x[0], kernels),
+               jax.vmap(reference, in_axes=(None, 0))(x[0], kernels))
+  grads = lambda c: jax.vmap(jax.grad(lambda a, k: jnp.sum(jnp.sin(c(a, k))), argnums=(0, 1)), in_axes=(0, None))
+  for ours, theirs in zip(jax.jit(grads(conv))(x, kernel), grads(reference)(x, kernel)):
+    assert_close(ours, theirs)
 
 
 @pytest.mark.parametrize('case', ['bfloat16', 'stride 2', 'cropping'])

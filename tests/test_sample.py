@@ -39,6 +39,7 @@ def test_config_names_equal_the_registries():
     ({'sampling.num_steps': 1}, 'must be at least 2 grid levels'),
     ({'sampling.nfe': 0, 'sampling.sampler': 'heun'}, 'must be a positive number of network'),
     ({'guidance.apg_norm_cap': 0.0}, 'apg_norm_cap=0.0 .* must be positive'),
+    ({'sampling.max_network_batch': 0}, 'max_network_batch=0 must be a positive number of rows per device'),
 ])
 def test_bad_sampling_and_guidance_fields_give_one_clear_message(overrides, message):
   config = smoke_config()

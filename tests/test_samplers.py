@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cfg import samplers
+from cfg import guidance, samplers
 
 IMAGE_SHAPE = (4, 4, 1)
 DIM = 16
@@ -336,6 +336,41 @@ def test_sample_sweep_equals_a_loop_over_weights(name):
                                        guidance_weight=_per_example(w)),
         rtol=1e-5, atol=1e-5)
   assert not np.allclose(swept[0], swept[2], atol=1e-3)
+
+
+def test_chunk_count_is_the_fewest_calls_that_fit():
+  assert samplers.chunk_count(256, max_batch=None) == 1
+  assert samplers.chunk_count(256, max_batch=64) == 4
+  assert samplers.chunk_count(256, max_batch=64, devices=8) == 1  # 32 rows per device
+  assert samplers.chunk_count(256, max_batch=64, lanes=9) == 64  # 9 × 4 rows; 9 × 8 would be 72
+  assert samplers.chunk_count(24, max_batch=5) == 6  # 4 rows: 24 / 5 rounded up to a divisor of 24
+  assert samplers.chunk_count(7, max_batch=2) == 7  # a prime: one row a call
+  assert samplers.chunk_count(16, max_batch=1, lanes=3) == 16  # nothing fits: one row per device and lane
+
+
+def test_chunked_network_calls_give_the_same_samples_in_calls_of_at_most_max_batch_rows():
+  """A sweep of K = 2 weights (the vmap's lanes) over B = 8 examples, the network called in chunks of at
+  most 8 rows all lanes counted: 4 calls of 4 rows per lane for the 2B = 16 guided call, and at the levels
+  the guidance interval skips, 2 calls of 4 rows for the B = 8 conditional one."""
+  rows_seen = []
+
+  def denoise(z, logsnr, labels):
+    rows_seen.append(z.shape[0])
+    return mixture_denoiser(SMALL_MEANS, SMALL_STD)(z, logsnr, labels)
+
+  weights = jnp.array([0.5, 2.0])
+  params = guidance.GuidanceParams(w=weights, logsnr_lo=-2.0, logsnr_hi=2.0)
+  samples = {}
+  for max_batch in (None, 8):
+    chunked = samplers.in_chunks(denoise, max_batch=max_batch, lanes=2)
+    sampler = functools.partial(samplers.sample, chunked, image_shape=IMAGE_SHAPE, num_steps=SMALL_STEPS,
+                                null_label=3, solver='ddim', method='interval')
+    rows_seen.clear()
+    samples[max_batch] = jax.jit(functools.partial(samplers.sample_sweep, sampler))(
+        params=params, key=jax.random.key(3), labels=SMALL_LABELS)
+    assert sorted(set(rows_seen)) == ([8, 16] if max_batch is None else [4]), rows_seen
+  np.testing.assert_allclose(samples[8], samples[None], rtol=1e-6, atol=1e-6)
+  assert not np.allclose(samples[None][0], samples[None][1], atol=1e-3)  # the weights matter
 
 
 @pytest.mark.parametrize('name', SAMPLERS)

@@ -111,11 +111,33 @@ def implementation(kind, x_shape, kernel_shape, padding):
                                              *kernel_shape[:2], pt, pb, pl, pr).decode()
 
 
-def _call(kind, shape, a, b, padding):
+def _ffi_call(kind, shape, a, b, padding):
   (pt, pb), (pl, pr) = padding
-  # vmap: one call per batch element (the guidance-weight sweeps vmap the sampler).
   return jax.ffi.ffi_call(_TARGETS[kind], jax.ShapeDtypeStruct(shape, jnp.float32), vmap_method='sequential')(
       a, b, pt=np.int64(pt), pb=np.int64(pb), pl=np.int64(pl), pr=np.int64(pr))
+
+
+def _call(kind, shape, a, b, padding):
+  """The oneDNN call; under vmap (the guidance-weight sweeps vmap the sampler) a batched image or output
+  gradient with a shared kernel is folded into the call's batch: ONE call of L·B rows, not L calls of B.
+  A batched kernel, or the kernel gradient (a per-lane sum over rows), is one call per lane."""
+  if kind == 'kernel_gradient':
+    return _ffi_call(kind, shape, a, b, padding)
+
+  @jax.custom_batching.custom_vmap
+  def call(a, b):
+    return _ffi_call(kind, shape, a, b, padding)
+
+  @call.def_vmap
+  def fold_lanes(lanes, in_batched, a, b):
+    a_batched, b_batched = in_batched
+    if b_batched:
+      a = a if a_batched else jnp.broadcast_to(a, (lanes, *a.shape))
+      return jax.lax.map(lambda ab: _call(kind, shape, *ab, padding), (a, b)), True
+    rows = _call(kind, (lanes * shape[0], *shape[1:]), a.reshape(lanes * a.shape[1], *a.shape[2:]), b, padding)
+    return rows.reshape(lanes, *shape), True
+
+  return call(a, b)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
