@@ -38,17 +38,22 @@ def get_config(arg=None):
   config.train.update(dict(
       batch_size=64, num_steps=2_500, log_every=50, checkpoint_every=250, preview_every=500))
   # DDIM with 16 steps and 256 samples per weight keep an evaluation of all nine weights to minutes on
-  # a 2-core CPU; Fréchet distances from 256 samples are biased upward but comparable across w.
+  # a 2-core CPU; Fréchet distances from 256 samples are biased upward but comparable across w. The nine
+  # weights' guided calls (9 × 2B = 2,304 rows) run as calls of at most 64 rows: 1.22 ms per image-NFE against
+  # 1.38 for whole calls (experiments/throughput/bench_sweep_program.txt).
   config.sampling.update(dict(
-      sampler='ddim', num_steps=16, num_samples=256, batch_size=128))
+      sampler='ddim', num_steps=16, num_samples=256, batch_size=128, max_network_batch=64))
   config.guidance.weights = (0.0, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 3.0, 4.0)
   return default.apply_arg(config, arg, PRESETS)
 
 
-# Measured on the 2-core CPU (experiments/throughput/bench_peer_recheck_run2.json, commit 0064b43, the median
-# of 12 rounds; the best was 4-5% faster): a guided step of 2B = 256 images took 0.348 s (1.4 ms per
-# image-NFE), a train step 0.293 s.
-SECONDS_PER_IMAGE_NFE, SECONDS_PER_TRAIN_STEP = 1.4e-3, 0.29
+# Measured on the 2-core CPU, medians: the evaluation's sampling program, 9 weights × 128 images in calls of
+# at most 64 rows, 1.25 ms per image-NFE (experiments/throughput/bench_sweep_program.json, commit e04798b,
+# 2 rounds; the best was 1.22); a train step 0.293 s (bench_peer_recheck_run2.json, commit 0064b43, 12 rounds).
+SECONDS_PER_IMAGE_NFE, SECONDS_PER_TRAIN_STEP = 1.25e-3, 0.29
+
+
+COST_SOURCE = 'the 2-core CPU of experiments/throughput/bench_sweep_program.json and bench_peer_recheck_run2.json'
 
 
 def sweeps():
@@ -65,7 +70,7 @@ def sweeps():
           ('sampling.sampler', 'ancestral'), ('sampling.num_steps', 64), ('sampling.num_samples', 512),
           ('sampling.batch_size', 256), ('guidance.weights', (0.0, 0.3, 1.0, 2.0, 3.0, 4.0)), ('eval.refine', 1)),
           run='table1', seconds_per_image_nfe=SECONDS_PER_IMAGE_NFE, seconds_per_train_step=SECONDS_PER_TRAIN_STEP,
-          cost_source='the 2-core CPU of experiments/throughput/bench_peer_recheck_run2.json'),
+          cost_source=COST_SOURCE),
       'frontier': default.frontier_grid(
           base_overrides=(('diffusion.p_uncond', 0.1), ('train.num_steps', 10_000),
                           ('train.keep_checkpoints', 40), ('sampling.num_samples', 512),
@@ -75,5 +80,5 @@ def sweeps():
           # Autoguidance's guide: half the channels and a quarter of the steps of the run it guides.
           guide=(('model.base_channels', 8), ('train.num_steps', 2_500)), seconds_per_image_nfe=SECONDS_PER_IMAGE_NFE,
           seconds_per_train_step=SECONDS_PER_TRAIN_STEP,
-          cost_source='the 2-core CPU of experiments/throughput/bench_peer_recheck_run2.json'),
+          cost_source=COST_SOURCE),
   }

@@ -24,6 +24,9 @@ swapped in (compiled code) is measured against the commit before it in the same 
   clipping, EMA; the peer's: ε-MSE, Adam);
 - forward: batch 128; guided step: one call at 2B = 256 ([c; ∅]), against 128 for the unguided
   step (the ratio guided / unguided must stay ≤ 2.05);
+- the same two as the project's sampler runs them with configs/fashion_mnist.py's
+  sampling.max_network_batch (calls of at most that many rows in sequence), for this interpreter's sides
+  only (the peer and the other checkout's programs are whole calls);
 - FLOPs per image: XLA's cost analysis of the lowered forward, torch's FlopCounterMode.
 
 The peer (diffusers 0.42): channels 16/32/64, one block per level, attention at 7×7 (head 32),
@@ -46,11 +49,12 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from cfg import build, guidance, parallel, train, train_state  # noqa: E402
+from cfg import build, guidance, parallel, samplers, train, train_state  # noqa: E402
 from cfg.models import layers  # noqa: E402
 from configs import fashion_mnist  # noqa: E402
 
 TRAIN_BATCH, FORWARD_BATCH = 64, 128
+NETWORK_BATCH = fashion_mnist.get_config().sampling.max_network_batch
 
 _PEER = r'''
 import json, sys, time
@@ -158,6 +162,10 @@ def _project_programs(options, conv_impl):
   forward = jax.jit(lambda p, z, l, y: model.apply(p, z, l, y))
   guided = jax.jit(lambda p, z, l, y: guidance.guided_eps(
       lambda *a: model.apply(p, *a), z, l, y, guidance_weight=1.0, null_label=10))
+  in_calls = lambda p: samplers.in_chunks(lambda *a: model.apply(p, *a), max_batch=NETWORK_BATCH)
+  forward_chunked = jax.jit(lambda p, z, l, y: in_calls(p)(z, l, y))
+  guided_chunked = jax.jit(lambda p, z, l, y: guidance.guided_eps(
+      in_calls(p), z, l, y, guidance_weight=1.0, null_label=10))
   params = jax.tree.map(jnp.copy, state.params)  # the train step donates `state`
   config.model.conv_impl = 'xla'  # XLA's cost analysis counts no FLOPs in oneDNN's custom calls
   flops = jax.jit(build.model_from_config(config).apply).lower(
@@ -165,6 +173,8 @@ def _project_programs(options, conv_impl):
   step = step.lower(state, batch).compile(options)
   forward = forward.lower(params, z, logsnr, labels).compile(options)
   guided = guided.lower(params, z, logsnr, labels).compile(options)
+  forward_chunked = forward_chunked.lower(params, z, logsnr, labels).compile(options)
+  guided_chunked = guided_chunked.lower(params, z, logsnr, labels).compile(options)
   holder = {'state': state}
 
   def run_train():
@@ -173,7 +183,9 @@ def _project_programs(options, conv_impl):
 
   programs = {'train': run_train,
               'forward': lambda: jax.block_until_ready(forward(params, z, logsnr, labels)),
-              'guided': lambda: jax.block_until_ready(guided(params, z, logsnr, labels))}
+              'guided': lambda: jax.block_until_ready(guided(params, z, logsnr, labels)),
+              'forward_chunked': lambda: jax.block_until_ready(forward_chunked(params, z, logsnr, labels)),
+              'guided_chunked': lambda: jax.block_until_ready(guided_chunked(params, z, logsnr, labels))}
   for run in programs.values():  # compile and warm up
     run()
   count = sum(x.size for x in jax.tree.leaves(params))
@@ -300,19 +312,20 @@ def main():
   sides = {side: project_programs(*SIDES[side]) for side in SIDES if side in chosen}
   info = sides['project'][1]
 
-  names = ('train', 'forward', 'guided')
-  times = {side: {name: [] for name in names} for side in (*sides, *workers)}
+  names, chunked = ('train', 'forward', 'guided'), ('forward_chunked', 'guided_chunked')
+  times = {side: {name: [] for name in names + (chunked if side in sides else ())} for side in (*sides, *workers)}
   if args.pause_group:
     os.killpg(args.pause_group, signal.SIGSTOP)
   try:
     for _ in range(args.repeats):
-      for name in names:
+      for name in names + chunked:
         for side, (programs, _) in sides.items():
           start = time.perf_counter()
           programs[name]()
           times[side][name].append(time.perf_counter() - start)
         for side, worker in workers.items():
-          times[side][name].append(worker.run(name))
+          if name in names:
+            times[side][name].append(worker.run(name))
   finally:
     if args.pause_group:
       os.killpg(args.pause_group, signal.SIGCONT)
@@ -335,6 +348,16 @@ def main():
   print(f'\nthe same, median of the {args.repeats} rounds:')
   print_table({side: {k: float(np.median(v)) for k, v in t.items()} for side, t in times.items()}, before,
               (*sides, *workers))
+  print(f'\nin calls of at most {NETWORK_BATCH} rows (sampling.max_network_batch of configs/fashion_mnist.py), '
+        f'best / median (ms):')
+  for side in sides:
+    shown = {name: (1e3 * min(times[side][name]), 1e3 * float(np.median(times[side][name])))
+             for name in names[1:] + chunked}
+    ratios = [shown['guided_chunked'][i] / shown['forward_chunked'][i] for i in (0, 1)]
+    print(f'{side}: forward {shown["forward_chunked"][0]:.0f} / {shown["forward_chunked"][1]:.0f} '
+          f'(whole call {shown["forward"][0]:.0f} / {shown["forward"][1]:.0f}); guided '
+          f'{shown["guided_chunked"][0]:.0f} / {shown["guided_chunked"][1]:.0f} (whole call '
+          f'{shown["guided"][0]:.0f} / {shown["guided"][1]:.0f}); guided / unguided {ratios[0]:.3f} / {ratios[1]:.3f}')
   if args.json:
     write_json(args, started, checkout_commit, info, peer_info,
                workers[other_jax].info if other_jax else None, best, times)
