@@ -96,7 +96,7 @@ def chunk_count(rows: int, *, max_batch: Optional[int], devices: int = 1, lanes:
   """The fewest sequential calls k for a network call of `rows` rows (over `devices`, under a vmap of
   `lanes`) to see at most `max_batch` rows per device each: k divides rows / devices and
   lanes · rows / (devices · k) ≤ max_batch, or k = rows / devices (one row per device and lane) if no
-  split gets there. max_batch None: 1."""
+  split gets there. max_batch None, or rows that do not divide over the devices: 1."""
   if max_batch is None or rows % devices:
     return 1
   local = rows // devices
