@@ -175,6 +175,13 @@ def _sampling_choices(config):
   return [choices] if choices else []
 
 
+def sampling_settings(config):
+  """config.sampling as a rounds manifest records it: all but max_network_batch. How the network calls are
+  split changes the samples by float32 summation order only, as the device count does (which no manifest
+  records either), so rounds sampled either way continue each other."""
+  return {key: value for key, value in config.sampling.to_dict().items() if key != 'max_network_batch'}
+
+
 def evaluation_tag(config, step, weights):
   """A folder name that changes whenever the samples would."""
   s = config.sampling
@@ -338,7 +345,7 @@ def run(config, workdir, *, on_round: Optional[Callable[[int], None]] = None):
 
   def evaluate_pass(folder, pass_weights):
     rounds.open_rounds(folder, {'weights': pass_weights, 'step': step,
-                                'sampling': config.sampling.to_dict(), 'feature_space': spaces[0].name,
+                                'sampling': sampling_settings(config), 'feature_space': spaces[0].name,
                                 'evaluators': evaluators, 'checkpoint': checkpoint})
 
     def make_round(index):

@@ -114,6 +114,15 @@ def test_resuming_rounds_with_another_feature_network_refuses_and_keeps_them(tra
   assert after == before
 
 
+def test_how_network_calls_are_split_is_not_what_rounds_are_of():
+  config = _eval_config()
+  settings = evaluate.sampling_settings(config)
+  config.sampling.max_network_batch = 2
+  assert evaluate.sampling_settings(config) == settings and settings['batch_size'] == config.sampling.batch_size
+  config.sampling.batch_size += 1
+  assert evaluate.sampling_settings(config) != settings
+
+
 def test_refined_weights_bisect_toward_the_best_weight():
   grid = [0.0, 0.3, 1.0, 2.0, 3.0, 4.0]
   assert evaluate.refined_weights(grid, [9, 8, 5, 3, 4, 6]) == [1.5, 2.5]
