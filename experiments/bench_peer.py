@@ -50,7 +50,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cfg import build, guidance, parallel, samplers, train, train_state  # noqa: E402
-from cfg.models import layers  # noqa: E402
+from cfg.models import layers, onednn_conv  # noqa: E402
 from configs import fashion_mnist  # noqa: E402
 
 TRAIN_BATCH, FORWARD_BATCH = 64, 128
@@ -190,7 +190,14 @@ def _project_programs(options, conv_impl):
     run()
   count = sum(x.size for x in jax.tree.leaves(params))
   return programs, dict(params=count, flops_per_image=flops, jax=jax.__version__, jaxlib=jax.lib.__version__,
-                        python=platform.python_version(), convolutions=model.conv_impl)
+                        python=platform.python_version(), convolutions=model.conv_impl,
+                        onednn=onednn_conv.onednn_version() if model.conv_impl == 'onednn' else None)
+
+
+def convolutions(info):
+  """'onednn (oneDNN 2.6.3)', or the implementation alone (older checkouts and XLA's convolutions)."""
+  version = info.get('onednn')
+  return f'{info.get("convolutions")} (oneDNN {version})' if version else str(info.get('convolutions'))
 
 
 def serve(programs, info):
@@ -334,14 +341,15 @@ def main():
 
   best = {side: {k: min(v) for k, v in t.items()} for side, t in times.items()}
   print(f'project: jax {info["jax"]}, {info["params"]:,} parameters, '
-        f'{info["flops_per_image"] / 1e6:.0f} MFLOP/image forward (XLA), convolutions by {info["convolutions"]}')
+        f'{info["flops_per_image"] / 1e6:.0f} MFLOP/image forward (XLA), convolutions by {convolutions(info)}')
   print(f'peer:    torch {peer_info["torch"]} ({peer_info["threads"]} threads), diffusers UNet2DModel, '
         f'{peer_info["params"]:,} parameters, {peer_info["flops_per_image"] / 1e6:.0f} MFLOP/image '
         f'forward (FlopCounterMode)')
   print(f'{args.repeats} alternating rounds, best of each; ratio = project / peer throughput\n')
   if other_jax:
     print(f'{other_jax}: {args.checkout or args.jax_python}, {workers[other_jax].info["params"]:,} parameters, '
-          f'{workers[other_jax].info["flops_per_image"] / 1e6:.0f} MFLOP/image forward (XLA)')
+          f'{workers[other_jax].info["flops_per_image"] / 1e6:.0f} MFLOP/image forward (XLA), convolutions by '
+          f'{convolutions(workers[other_jax].info)}')
   before = [side for side in sides if side != 'project'] + ([other_jax] if other_jax else [])
   print_table(best, before, (*sides, *workers))
   # On a noisy machine the best of a few rounds can flatter one side; the medians say how much to trust it.

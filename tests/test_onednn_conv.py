@@ -6,6 +6,9 @@ except where CFG_REQUIRE_ONEDNN=1 (.ci/run builds it and sets that), where its a
 
 import ctypes
 import os
+import re
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +21,7 @@ from cfg.models import onednn_conv
 from tests.smoke_config import smoke_config
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture
@@ -42,14 +46,21 @@ def _random(shape, seed):
 
 # On two or more cores the library splits batches of 2 and 3 into two chunks over XLA's thread pool (3 → 2 + 1,
 # one primitive for each size) and sums the chunks' kernel gradients.
-@pytest.mark.parametrize('x_shape, kernel_shape, padding', [
+CASES = [
     ((2, 9, 7, 3), (3, 3, 3, 5), 'SAME'),
     ((3, 8, 8, 16), (1, 1, 16, 4), 'SAME'),
     ((2, 6, 5, 1), (3, 3, 1, 8), 'SAME'),
     ((2, 6, 5, 8), (3, 3, 8, 1), 'VALID'),
     ((1, 7, 9, 4), (2, 3, 4, 6), ((0, 2), (1, 0))),
-])
+]
+
+
+@pytest.mark.parametrize('x_shape, kernel_shape, padding', CASES)
 def test_convolution_and_both_gradients_equal_xlas(library, x_shape, kernel_shape, padding):
+  assert_equal_to_xlas(x_shape, kernel_shape, padding)
+
+
+def assert_equal_to_xlas(x_shape, kernel_shape, padding):
   x, kernel = _random(x_shape, 0), _random(kernel_shape, 1)
 
   def loss_and_grads(conv):
@@ -155,9 +166,40 @@ def test_conv_impl_is_checked_and_resolved(monkeypatch):
     onednn_conv.resolve('onednn')
 
 
+# Run in a process of its own: the library built here links oneDNN 3's libdnnl.so.3, beside this process's.
+_CHECK_ANOTHER_BUILD = """import sys
+from cfg.models import onednn_conv
+onednn_conv.LIBRARY = sys.argv[1]
+from tests.test_onednn_conv import CASES, assert_equal_to_xlas
+for case in CASES:
+  assert_equal_to_xlas(*case)
+print('oneDNN', onednn_conv.onednn_version(), 'gives lax\\'s results')
+"""
+
+
+def test_builds_against_onednn_3_from_pip_and_gives_laxs_results(tmp_path):
+  """`build_onednn_conv --onednn=PREFIX` against pip's oneDNN 3.2 in the venv (.ci/run installs it; the
+  3.x API makes the primitive descriptors differently from Debian 12's 2.6.3): every case above, in a
+  process that loads that library."""
+  if not os.path.exists(os.path.join(sys.prefix, 'include', 'oneapi', 'dnnl', 'dnnl.hpp')):
+    message = f'no oneDNN under {sys.prefix}: `{onednn_conv.PIP_ONEDNN}` puts it there'
+    if os.environ.get('CFG_REQUIRE_ONEDNN') == '1':
+      pytest.fail(message)
+    pytest.skip(message)
+  from cfg.cli import build_onednn_conv
+  with pytest.raises(SystemExit, match='there is no .*dnnl.hpp.*--onednn'):
+    build_onednn_conv.run([f'--onednn={tmp_path}'])
+  library = onednn_conv.build(str(tmp_path / 'conv.so'), onednn=sys.prefix)
+  done = subprocess.run([sys.executable, '-c', _CHECK_ANOTHER_BUILD, library], cwd=ROOT, capture_output=True,
+                        text=True)
+  assert done.returncode == 0, done.stderr[-4000:]
+  assert re.search(r'^oneDNN 3\.\d+\.\d+ gives', done.stdout, re.M), done.stdout
+
+
 def test_the_build_names_its_source(library, tmp_path):
   """A library records the sha256 of the source it was built from, which is how a stale one is refused."""
   built = ctypes.cdll.LoadLibrary(onednn_conv.build(str(tmp_path / 'conv.so')))
   built.CfgOnednnConvSourceSha256.restype = ctypes.c_char_p
   assert built.CfgOnednnConvSourceSha256().decode() == onednn_conv.source_sha256()
   assert onednn_conv.implementation('kernel_gradient', (64, 28, 28, 48), (3, 3, 48, 16), ((1, 1), (1, 1)))
+  assert re.fullmatch(r'[23]\.\d+\.\d+', onednn_conv.onednn_version()), onednn_conv.onednn_version()

@@ -1,7 +1,8 @@
 // oneDNN convolutions for XLA:CPU, as XLA FFI handlers: forward, input gradient and kernel gradient of a
 // stride-1 float32 convolution with NHWC activations and HWIO kernels, zero padding (pt, pb, pl, pr).
-// Built and loaded by cfg/models/onednn_conv.py; XLA's own CPU convolutions (Eigen) are 1.3-3x slower
-// at the U-Net's small channel counts (experiments/throughput.md, section 8).
+// Built and loaded by cfg/models/onednn_conv.py, against oneDNN 2.x (Debian 12's libdnnl-dev) or 3.x (newer
+// distributions, or pip's onednn-cpu-gomp); XLA's own CPU convolutions (Eigen) are 1.3-3x slower at the
+// U-Net's small channel counts (experiments/throughput.md, section 8).
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
@@ -70,23 +71,39 @@ std::shared_ptr<const Primitive> Get(Kind kind, const Shape& s) {
   dnnl::memory::dims strides{1, 1}, low{s.pt, s.pl}, high{s.pb, s.pr};
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+#if DNNL_VERSION_MAJOR >= 3
+  dnnl::convolution_forward::primitive_desc forward(Engine(), dnnl::prop_kind::forward_training,
+                                                    dnnl::algorithm::convolution_direct, p->x, any_kernel, p->y,
+                                                    strides, low, high, attr);
+#else
   dnnl::convolution_forward::primitive_desc forward(
       dnnl::convolution_forward::desc(dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
                                       p->x, any_kernel, p->y, strides, low, high),
       attr, Engine());
+#endif
   if (kind == kForward) {
     Fill<dnnl::convolution_forward>(p.get(), forward, forward.weights_desc());
   } else if (kind == kInputGradient) {
+#if DNNL_VERSION_MAJOR >= 3
+    dnnl::convolution_backward_data::primitive_desc pd(Engine(), dnnl::algorithm::convolution_direct, p->x,
+                                                       any_kernel, p->y, strides, low, high, forward, attr);
+#else
     dnnl::convolution_backward_data::primitive_desc pd(
         dnnl::convolution_backward_data::desc(dnnl::algorithm::convolution_direct, p->x, any_kernel, p->y,
                                               strides, low, high),
         attr, Engine(), forward);
+#endif
     Fill<dnnl::convolution_backward_data>(p.get(), pd, pd.weights_desc());
   } else {
+#if DNNL_VERSION_MAJOR >= 3
+    dnnl::convolution_backward_weights::primitive_desc pd(Engine(), dnnl::algorithm::convolution_direct, p->x,
+                                                          any_kernel, p->y, strides, low, high, forward, attr);
+#else
     dnnl::convolution_backward_weights::primitive_desc pd(
         dnnl::convolution_backward_weights::desc(dnnl::algorithm::convolution_direct, p->x, any_kernel, p->y,
                                                  strides, low, high),
         attr, Engine(), forward);
+#endif
     Fill<dnnl::convolution_backward_weights>(p.get(), pd, pd.diff_weights_desc());
   }
   cache[{kind, s}] = p;
@@ -255,6 +272,16 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CfgOnednnConvKernelGradient, KernelGradient, CFG_C
 
 // The sha256 of the source this library was built from (-DCFG_SOURCE_SHA256), so a stale build is noticed.
 extern "C" const char* CfgOnednnConvSourceSha256() { return CFG_SOURCE_SHA256; }
+
+// The version of oneDNN this library runs on, e.g. "3.2.0" (oneDNN 2.x and 3.x both build: the primitive
+// descriptors above are made with each one's API).
+extern "C" const char* CfgOnednnConvOnednnVersion() {
+  static const std::string version = [] {
+    const dnnl_version_t* v = dnnl_version();
+    return std::to_string(v->major) + "." + std::to_string(v->minor) + "." + std::to_string(v->patch);
+  }();
+  return version.c_str();
+}
 
 // oneDNN's name for the kernel it picked, e.g. "brgconv:avx512_core" (for benchmarks and bug reports).
 extern "C" const char* CfgOnednnConvImplementation(int kind, int64_t b, int64_t h, int64_t w, int64_t i,

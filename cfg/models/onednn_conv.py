@@ -9,10 +9,16 @@ activations and HWIO kernels (every convolution of the U-Net with resblock_updow
 float32 rounding (tests/test_onednn_conv.py), and the parameters are flax's own, so checkpoints load
 either way.
 
-The library is built once, from `onednn_conv.cc` beside this file, against oneDNN and jaxlib's FFI headers:
+The library is built once, from `onednn_conv.cc` beside this file, against oneDNN (2.x or 3.x) and jaxlib's
+FFI headers, with the system's oneDNN:
 
-  apt-get install -y g++ libdnnl-dev     # oneDNN 2.x (Debian 12: 2.6.3)
+  apt-get install -y g++ libdnnl-dev     # Debian 12: oneDNN 2.6.3; newer distributions ship 3.x
   python -m cfg.cli.build_onednn_conv    # writes cfg/models/_onednn_conv.so
+
+or, without root, with pip's oneDNN in the venv (its include/ and lib/; the library finds it by rpath):
+
+  pip install onednn-cpu-gomp==2023.2.0 onednn-devel-cpu-gomp==2023.2.0   # oneDNN 3.2
+  python -m cfg.cli.build_onednn_conv --onednn="$VIRTUAL_ENV"
 
 `config.model.conv_impl` chooses: 'xla', 'onednn' (an error says how to build the library if it is
 missing), or 'auto': oneDNN on a single CPU device where the library is built, XLA otherwise. Several
@@ -44,9 +50,23 @@ def source_sha256():
     return hashlib.sha256(f.read()).hexdigest()
 
 
-def build(library=LIBRARY):
-  """Compiles onednn_conv.cc into `library`; raises RuntimeError with the compiler's message if it fails."""
-  command = ['g++', '-O2', '-std=c++17', '-shared', '-fPIC', '-w', f'-I{jax.ffi.include_dir()}',
+PIP_ONEDNN = 'pip install onednn-cpu-gomp==2023.2.0 onednn-devel-cpu-gomp==2023.2.0'
+
+
+def build(library=LIBRARY, onednn=None):
+  """Compiles onednn_conv.cc into `library`, against the system's oneDNN or, with `onednn`, the one installed
+  under that prefix (its include/ and lib/, e.g. a venv with pip's oneDNN); raises RuntimeError with the
+  compiler's message if it fails."""
+  prefix_flags = []
+  if onednn is not None:
+    header = os.path.join(onednn, 'include', 'oneapi', 'dnnl', 'dnnl.hpp')
+    if not os.path.exists(header):
+      raise RuntimeError(f'--onednn={onednn}: there is no {header}. Give the prefix oneDNN is installed under '
+                         f'(`{PIP_ONEDNN}` installs it into the venv: --onednn="$VIRTUAL_ENV"), or leave '
+                         f'--onednn out to use the system\'s (apt-get install -y libdnnl-dev).')
+    lib = os.path.join(os.path.abspath(onednn), 'lib')
+    prefix_flags = [f"-I{os.path.join(os.path.abspath(onednn), 'include')}", f'-L{lib}', f'-Wl,-rpath,{lib}']
+  command = ['g++', '-O2', '-std=c++17', '-shared', '-fPIC', '-w', f'-I{jax.ffi.include_dir()}', *prefix_flags,
              f'-DCFG_SOURCE_SHA256="{source_sha256()}"', SOURCE, '-o', library + '.tmp', '-ldnnl', '-fopenmp']
   try:
     done = subprocess.run(command, capture_output=True, text=True)
@@ -54,7 +74,8 @@ def build(library=LIBRARY):
     raise RuntimeError('building the oneDNN convolutions needs g++: apt-get install -y g++ libdnnl-dev') from error
   if done.returncode:
     raise RuntimeError(f'building the oneDNN convolutions failed (is oneDNN installed? apt-get install -y '
-                       f'libdnnl-dev):\n{" ".join(command)}\n{done.stderr[-4000:]}')
+                       f'libdnnl-dev, or `{PIP_ONEDNN}` and --onednn="$VIRTUAL_ENV"):\n{" ".join(command)}\n'
+                       f'{done.stderr[-4000:]}')
   os.replace(library + '.tmp', library)  # a loaded older library stays intact until the next process
   return library
 
@@ -71,6 +92,7 @@ def _load():
   library.CfgOnednnConvSourceSha256.restype = ctypes.c_char_p
   if library.CfgOnednnConvSourceSha256().decode() != source_sha256():
     return None, f'{LIBRARY} was built from another version of {SOURCE}; rebuild it with `{BUILD_COMMAND}`'
+  library.CfgOnednnConvOnednnVersion.restype = ctypes.c_char_p
   library.CfgOnednnConvImplementation.restype = ctypes.c_char_p
   library.CfgOnednnConvImplementation.argtypes = [ctypes.c_int] + [ctypes.c_int64] * 11
   for target in _TARGETS.values():
@@ -98,6 +120,14 @@ def resolve(conv_impl):
     if reason:
       raise ValueError(f'config.model.conv_impl=onednn: {reason}. Or use conv_impl=auto or xla.')
   return conv_impl
+
+
+def onednn_version():
+  """The version of oneDNN the built library runs on, e.g. '2.6.3'."""
+  library, reason = _load()
+  if reason:
+    raise RuntimeError(reason)
+  return library.CfgOnednnConvOnednnVersion().decode()
 
 
 def implementation(kind, x_shape, kernel_shape, padding):
