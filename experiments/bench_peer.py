@@ -319,26 +319,43 @@ def main():
   sides = {side: project_programs(*SIDES[side]) for side in SIDES if side in chosen}
   info = sides['project'][1]
 
-  names, chunked = ('train', 'forward', 'guided'), ('forward_chunked', 'guided_chunked')
-  times = {side: {name: [] for name in names + (chunked if side in sides else ())} for side in (*sides, *workers)}
-  if args.pause_group:
-    os.killpg(args.pause_group, signal.SIGSTOP)
+  times = time_rounds(sides, workers, args.repeats, args.pause_group)
+  for worker in workers.values():
+    worker.close()
+  best = print_report(args, info, peer_info, sides, workers, other_jax, times)
+  if args.json:
+    write_json(args, started, checkout_commit, info, peer_info,
+               workers[other_jax].info if other_jax else None, best, times)
+
+
+NAMES, CHUNKED = ('train', 'forward', 'guided'), ('forward_chunked', 'guided_chunked')
+
+
+def time_rounds(sides, workers, repeats, pause_group):
+  """{side: {program: [seconds of each round]}}: each round runs every program on every side in turn (the
+  chunked programs on this interpreter's sides only), with `pause_group` stopped meanwhile."""
+  times = {side: {name: [] for name in NAMES + (CHUNKED if side in sides else ())} for side in (*sides, *workers)}
+  if pause_group:
+    os.killpg(pause_group, signal.SIGSTOP)
   try:
-    for _ in range(args.repeats):
-      for name in names + chunked:
+    for _ in range(repeats):
+      for name in NAMES + CHUNKED:
         for side, (programs, _) in sides.items():
           start = time.perf_counter()
           programs[name]()
           times[side][name].append(time.perf_counter() - start)
         for side, worker in workers.items():
-          if name in names:
+          if name in NAMES:
             times[side][name].append(worker.run(name))
   finally:
-    if args.pause_group:
-      os.killpg(args.pause_group, signal.SIGCONT)
-  for worker in workers.values():
-    worker.close()
+    if pause_group:
+      os.killpg(pause_group, signal.SIGCONT)
+  return times
 
+
+def print_report(args, info, peer_info, sides, workers, other_jax, times):
+  """Prints the sides, the tables of the best and the median rounds and the chunked programs; returns the
+  best seconds {side: {program: s}}."""
   best = {side: {k: min(v) for k, v in t.items()} for side, t in times.items()}
   print(f'project: jax {info["jax"]}, {info["params"]:,} parameters, '
         f'{info["flops_per_image"] / 1e6:.0f} MFLOP/image forward (XLA), convolutions by {convolutions(info)}')
@@ -360,15 +377,13 @@ def main():
         f'best / median (ms):')
   for side in sides:
     shown = {name: (1e3 * min(times[side][name]), 1e3 * float(np.median(times[side][name])))
-             for name in names[1:] + chunked}
+             for name in NAMES[1:] + CHUNKED}
     ratios = [shown['guided_chunked'][i] / shown['forward_chunked'][i] for i in (0, 1)]
     print(f'{side}: forward {shown["forward_chunked"][0]:.0f} / {shown["forward_chunked"][1]:.0f} '
           f'(whole call {shown["forward"][0]:.0f} / {shown["forward"][1]:.0f}); guided '
           f'{shown["guided_chunked"][0]:.0f} / {shown["guided_chunked"][1]:.0f} (whole call '
           f'{shown["guided"][0]:.0f} / {shown["guided"][1]:.0f}); guided / unguided {ratios[0]:.3f} / {ratios[1]:.3f}')
-  if args.json:
-    write_json(args, started, checkout_commit, info, peer_info,
-               workers[other_jax].info if other_jax else None, best, times)
+  return best
 
 
 if __name__ == '__main__':

@@ -17,6 +17,7 @@ import pytest
 from jax import lax
 
 from cfg import build, config_checks
+from cfg.cli import build_onednn_conv
 from cfg.models import onednn_conv
 from tests.smoke_config import smoke_config
 
@@ -186,7 +187,6 @@ def test_builds_against_onednn_3_from_pip_and_gives_laxs_results(tmp_path):
     if os.environ.get('CFG_REQUIRE_ONEDNN') == '1':
       pytest.fail(message)
     pytest.skip(message)
-  from cfg.cli import build_onednn_conv
   with pytest.raises(SystemExit, match='there is no .*dnnl.hpp.*--onednn'):
     build_onednn_conv.run([f'--onednn={tmp_path}'])
   library = onednn_conv.build(str(tmp_path / 'conv.so'), onednn=sys.prefix)

@@ -59,13 +59,13 @@ def build(library=LIBRARY, onednn=None):
   compiler's message if it fails."""
   prefix_flags = []
   if onednn is not None:
-    header = os.path.join(onednn, 'include', 'oneapi', 'dnnl', 'dnnl.hpp')
+    include, lib = (os.path.join(os.path.abspath(onednn), folder) for folder in ('include', 'lib'))
+    header = os.path.join(include, 'oneapi', 'dnnl', 'dnnl.hpp')
     if not os.path.exists(header):
       raise RuntimeError(f'--onednn={onednn}: there is no {header}. Give the prefix oneDNN is installed under '
                          f'(`{PIP_ONEDNN}` installs it into the venv: --onednn="$VIRTUAL_ENV"), or leave '
                          f'--onednn out to use the system\'s (apt-get install -y libdnnl-dev).')
-    lib = os.path.join(os.path.abspath(onednn), 'lib')
-    prefix_flags = [f"-I{os.path.join(os.path.abspath(onednn), 'include')}", f'-L{lib}', f'-Wl,-rpath,{lib}']
+    prefix_flags = [f'-I{include}', f'-L{lib}', f'-Wl,-rpath,{lib}']
   command = ['g++', '-O2', '-std=c++17', '-shared', '-fPIC', '-w', f'-I{jax.ffi.include_dir()}', *prefix_flags,
              f'-DCFG_SOURCE_SHA256="{source_sha256()}"', SOURCE, '-o', library + '.tmp', '-ldnnl', '-fopenmp']
   try:
@@ -122,22 +122,24 @@ def resolve(conv_impl):
   return conv_impl
 
 
-def onednn_version():
-  """The version of oneDNN the built library runs on, e.g. '2.6.3'."""
+def _library():
+  """The loaded library; RuntimeError saying how to build it where it cannot load."""
   library, reason = _load()
   if reason:
     raise RuntimeError(reason)
-  return library.CfgOnednnConvOnednnVersion().decode()
+  return library
+
+
+def onednn_version():
+  """The version of oneDNN the built library runs on, e.g. '2.6.3'."""
+  return _library().CfgOnednnConvOnednnVersion().decode()
 
 
 def implementation(kind, x_shape, kernel_shape, padding):
   """oneDNN's name for the kernel it runs for one convolution (kind: forward | input_gradient |
   kernel_gradient), e.g. 'brgconv:avx512_core'."""
-  library, reason = _load()
-  if reason:
-    raise RuntimeError(reason)
   (pt, pb), (pl, pr) = padding
-  return library.CfgOnednnConvImplementation(list(_TARGETS).index(kind), *x_shape, kernel_shape[3],
+  return _library().CfgOnednnConvImplementation(list(_TARGETS).index(kind), *x_shape, kernel_shape[3],
                                              *kernel_shape[:2], pt, pb, pl, pr).decode()
 
 
@@ -224,8 +226,6 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                     dimension_numbers, feature_group_count, batch_group_count, precision,
                                     preferred_element_type)
-  reason = unavailable_reason()
-  if reason:
-    raise RuntimeError(reason)
+  _library()  # loads it, or says how to build it
   return conv_nhwc(lhs, rhs, padding)
 
